@@ -1,0 +1,188 @@
+"""The tamper-evident audit trail.
+
+One JSON object per line in ``audit/audit_YYYYMMDD.jsonl`` (UTC days):
+
+    {"seq": N, "timestamp": ISO-8601, "event": NAME, "details": B64(AES-GCM), "mac": HEX}
+
+``details`` is encrypted (AD = the sequence number) so the file names no
+session or memory. ``mac`` is HMAC-SHA256 under key k_N over the previous
+line's mac and this line's other fields; k_{N+1} = SHA-256("evolve" ‖ k_N),
+so the chain runs across days and a key leaked today cannot re-seal
+yesterday's lines (Schneier–Kelsey). The verifier derives each line's key
+from its position in the chain, never from the line itself (the lesson of
+CVE-2023-31439). ``audit/state`` records the last sequence number at each
+checkpoint, so cutting lines off the end is detected too.
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import hashlib
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..crypto.aead import Sealer
+from ..errors import IntegrityError
+
+_GENESIS = b"\0" * 32
+
+
+def _evolve(key: bytes) -> bytes:
+    return hashlib.sha256(b"tailsfs/v1/audit-evolve" + key).digest()
+
+
+def _mac(key: bytes, prev: bytes, seq: int, timestamp: str, event: str, details: str) -> bytes:
+    body = json.dumps([seq, timestamp, event, details], separators=(",", ":")).encode()
+    return hmac.new(key, prev + body, hashlib.sha256).digest()
+
+
+@dataclass
+class VerifyResult:
+    ok: bool
+    count: int
+    problem: str | None = None
+    file: str | None = None
+    line: int | None = None
+    seq: int | None = None
+
+    def describe(self) -> str:
+        if self.ok:
+            return f"audit trail intact: {self.count} entries verified"
+        where = f"{self.file} line {self.line}" if self.file else "end of trail"
+        return f"audit trail broken at {where} (entry {self.seq}): {self.problem}"
+
+
+class AuditLog:
+    """Appends sealed events; reads and verifies the chain."""
+
+    def __init__(self, directory: Path, root_key: bytes, details_key: bytes, state_sealer: Sealer) -> None:
+        self.dir = directory
+        self._root = root_key
+        self._details = Sealer(details_key)
+        self._state = state_sealer
+        self._fd = -1
+        self._fd_day = ""
+        self.seq, self._prev, self._key = self._recover()
+
+    # -- writing ------------------------------------------------------------
+    def _recover(self) -> tuple[int, bytes, bytes]:
+        """Resume the chain after the last line on disk (checked up to it from the checkpoint)."""
+        seq, prev, key = 0, _GENESIS, self._root
+        checkpoint = self._read_state()
+        if checkpoint:
+            seq, prev, key = checkpoint["seq"], bytes.fromhex(checkpoint["mac"]), bytes.fromhex(checkpoint["key"])
+        for _file, _no, entry in self._lines(after=seq):
+            if not isinstance(entry, dict) or entry.get("seq") != seq + 1:
+                break
+            try:
+                expected = _mac(key, prev, entry["seq"], entry["timestamp"], entry["event"], entry["details"])
+                if not hmac.compare_digest(expected, bytes.fromhex(entry["mac"])):
+                    break
+            except (KeyError, TypeError, ValueError):
+                break
+            seq, prev, key = seq + 1, expected, _evolve(key)
+        return seq, prev, key
+
+    def log(self, event: str, **details: Any) -> None:
+        now = _dt.datetime.now(_dt.timezone.utc)
+        seq = self.seq + 1
+        sealed = base64.b64encode(self._details.seal(json.dumps(details, default=str).encode(), str(seq).encode()))
+        timestamp = now.isoformat(timespec="microseconds")
+        text = sealed.decode()
+        mac = _mac(self._key, self._prev, seq, timestamp, event, text)
+        line = json.dumps({"seq": seq, "timestamp": timestamp, "event": event, "details": text, "mac": mac.hex()})
+        day = now.strftime("%Y%m%d")
+        if day != self._fd_day:
+            self._close_fd()
+            self._fd = os.open(self.dir / f"audit_{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            self._fd_day = day
+        os.write(self._fd, (line + "\n").encode())
+        self.seq, self._prev, self._key = seq, mac, _evolve(self._key)
+
+    def checkpoint(self) -> None:
+        """Record the chain's head so truncation of the trail is detected."""
+        state = {"seq": self.seq, "mac": self._prev.hex(), "key": self._key.hex()}
+        tmp = self.dir / "state.tmp"
+        tmp.write_bytes(self._state.seal(json.dumps(state).encode(), b"audit-state"))
+        os.replace(tmp, self.dir / "state")
+
+    def sync(self) -> None:
+        if self._fd >= 0:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        self.checkpoint()
+        self._close_fd()
+
+    def _close_fd(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._fd_day = ""
+
+    def _read_state(self) -> dict | None:
+        path = self.dir / "state"
+        if not path.exists():
+            return None
+        data = self._state.open(path.read_bytes(), b"audit-state", "the audit checkpoint")
+        return json.loads(data)
+
+    # -- reading ------------------------------------------------------------
+    def files(self) -> list[Path]:
+        return sorted(self.dir.glob("audit_*.jsonl"))
+
+    def _lines(self, after: int = 0) -> Iterator[tuple[str, int, Any]]:
+        for path in self.files():
+            with open(path, "rb") as fh:
+                for no, raw in enumerate(fh, 1):
+                    try:
+                        entry = json.loads(raw)
+                    except ValueError:
+                        entry = None
+                    if after and isinstance(entry, dict) and isinstance(entry.get("seq"), int) and entry["seq"] <= after:
+                        continue
+                    yield path.name, no, entry
+
+    def entries(self) -> Iterator[dict]:
+        """Decrypted events, oldest first (lines that do not decrypt are reported as such)."""
+        for _file, _no, entry in self._lines():
+            if not isinstance(entry, dict):
+                continue
+            try:
+                details = json.loads(self._details.open(base64.b64decode(entry["details"]), str(entry["seq"]).encode(), "audit details"))
+            except (IntegrityError, KeyError, ValueError, TypeError):
+                details = {"error": "details do not decrypt"}
+            yield {"seq": entry.get("seq"), "timestamp": entry.get("timestamp"), "event": entry.get("event"), "details": details}
+
+    def verify(self) -> VerifyResult:
+        seq, prev, key = 0, _GENESIS, self._root
+        for fname, no, entry in self._lines():
+            where = dict(file=fname, line=no)
+            if not isinstance(entry, dict) or not {"seq", "timestamp", "event", "details", "mac"} <= entry.keys():
+                return VerifyResult(False, seq, "line is not a well-formed audit entry (edited)", seq=seq + 1, **where)
+            got = entry["seq"]
+            if not isinstance(got, int):
+                return VerifyResult(False, seq, "sequence number is not an integer (edited)", seq=seq + 1, **where)
+            if got > seq + 1:
+                return VerifyResult(False, seq, f"entries {seq + 1}..{got - 1} are missing (removed)", seq=got, **where)
+            if got <= seq:
+                return VerifyResult(False, seq, f"entry {got} appears after entry {seq} (inserted or reordered)", seq=got, **where)
+            try:
+                expected = _mac(key, prev, got, entry["timestamp"], entry["event"], entry["details"])
+                good = hmac.compare_digest(expected, bytes.fromhex(entry["mac"]))
+            except (TypeError, ValueError):
+                good = False
+            if not good:
+                return VerifyResult(False, seq, "MAC does not match (line edited or forged)", seq=got, **where)
+            seq, prev, key = got, expected, _evolve(key)
+        try:
+            state = self._read_state()
+        except IntegrityError:
+            return VerifyResult(False, seq, "audit checkpoint does not authenticate (edited)")
+        if state and state["seq"] > seq:
+            return VerifyResult(False, seq, f"trail ends at entry {seq} but entry {state['seq']} was recorded (lines removed from the end)", seq=seq + 1)
+        return VerifyResult(True, seq)

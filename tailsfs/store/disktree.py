@@ -1,0 +1,799 @@
+"""One session's tree in one disk tier, mapped onto a host directory.
+
+Host layout: a directory per directory, a file per memory, a symlink per
+symlink; every name encrypted with AES-SIV under the session's name key and
+the parent directory's random id (kept in the directory's ``.dir`` file,
+which moves with the directory, so renaming a directory re-encrypts one name,
+not its subtree). Names whose encoding exceeds the host's 255 bytes are stored
+under a hash, with the full ciphertext in a ``~HASH.n`` sidecar.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import stat as st
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from ..crypto.aead import Sealer
+from ..crypto.names import LONG_PREFIX, NameCipher, b64d, b64e, is_long, long_name
+from ..errors import IntegrityError
+from ..format.backing import FdBacking
+from ..format.header import CODEC_RAW, HEADER_SIZE
+from ..format.memfile import EncryptedFile, raw_size_from_host
+from ..format.meta import KIND_BYTES, Meta
+from .erase import destroy_header
+from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, oserror
+from .tiers import MemoryTier
+
+if TYPE_CHECKING:
+    from .engine import Session, Store
+
+log = logging.getLogger(__name__)
+
+DIR_FILE = ".dir"
+TMP_PREFIX = ".tmp-"
+SIDECAR_SUFFIX = ".n"
+
+
+@dataclass
+class DirInfo:
+    dir_id: bytes
+    default_ttl: float | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class OpenFile:
+    """A memory open through one or more handles; shares one EncryptedFile."""
+
+    def __init__(self, tree: "DiskTree", ef: EncryptedFile, ino: int, path: Path_) -> None:
+        self.tree = tree
+        self.ef = ef
+        self.ino = ino
+        self.path = path
+        self.refs = 0
+        self.trash: Path | None = None  # set when unlinked or expired while open
+        self.bytes_written = 0
+        self.times_dirty = False
+
+    @property
+    def file_id(self) -> str:
+        return self.ef.header.file_id.hex()
+
+    def attr(self) -> Attr:
+        s = os.fstat(self.ef.backing.fd)  # type: ignore[attr-defined]
+        a = attr_from_stat(s, self.ef.size, self.ef.meta.expires_at)
+        if self.trash is not None:
+            a.nlink = 0
+        return a
+
+
+class DiskHandle:
+    """What a face holds between open and release."""
+
+    def __init__(self, of: OpenFile, writable: bool) -> None:
+        self.of = of
+        self.writable = writable
+        self.closed = False
+        of.refs += 1
+
+    @property
+    def tier(self) -> MemoryTier:
+        return self.of.tree.tier
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.of.ef.read(offset, size)
+
+    def write(self, offset: int, data: bytes | memoryview) -> int:
+        ef = self.of.ef
+        end = offset + len(data)
+        if end > ef.size:
+            self.of.tree.store.ensure_space(end - ef.size)
+        n = ef.write(offset, data)
+        self.of.bytes_written += n
+        return n
+
+    def truncate(self, size: int) -> None:
+        ef = self.of.ef
+        if size > ef.size:
+            self.of.tree.store.ensure_space(size - ef.size)
+        ef.truncate(size)
+        self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
+
+    def flush(self) -> None:
+        self.of.ef.sync_meta()
+
+    def fsync(self, data_only: bool = False) -> None:
+        self.of.ef.fsync(data_only)
+
+    def getattr(self) -> Attr:
+        return self.of.attr()
+
+    def release(self) -> int:
+        """Drop this handle; returns bytes written through the file since its last writer closed."""
+        if self.closed:
+            return 0
+        self.closed = True
+        return self.of.tree._release(self.of)
+
+
+class DiskTree:
+    """A session's directory tree in one disk tier."""
+
+    def __init__(self, store: "Store", session: "Session", tier: MemoryTier, root: Path) -> None:
+        self.store = store
+        self.session = session
+        self.tier = tier
+        self.root = root
+        self._names = NameCipher(session.names_key)
+        self._wrap = session.file_wrap_key
+        self._dirmeta = Sealer(session.dir_meta_key)
+        self._dirs: dict[str, DirInfo] = {}
+        self._open: dict[int, OpenFile] = {}
+
+    # -- host paths and names ---------------------------------------------------
+    def exists(self) -> bool:
+        return (self.root / DIR_FILE).exists()
+
+    def ensure(self) -> None:
+        if not self.exists():
+            self.root.parent.mkdir(parents=True, exist_ok=True)
+            self._make_dir(self.root, 0o755)
+
+    def _make_dir(self, host: Path, mode: int) -> None:
+        """Create a host directory with its ``.dir`` atomically (build aside, rename in)."""
+        tmp = host.parent / (TMP_PREFIX + os.urandom(6).hex())
+        os.mkdir(tmp, 0o700)
+        self._write_dirinfo(tmp, DirInfo(os.urandom(16)))
+        os.chmod(tmp, mode & 0o7777)
+        try:
+            if os.path.lexists(host):  # rename would replace an empty directory or fail oddly
+                raise oserror(errno.EEXIST)
+            os.rename(tmp, host)
+        except OSError:
+            (tmp / DIR_FILE).unlink()
+            tmp.rmdir()
+            raise
+
+    def _write_dirinfo(self, host: Path, info: DirInfo) -> None:
+        doc = {"t": info.default_ttl, "x": {b64e(k): b64e(v) for k, v in info.xattrs.items()}}
+        blob = info.dir_id + self._dirmeta.seal(json.dumps(doc).encode(), info.dir_id)
+        tmp = host / ".dir.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, blob)
+        finally:
+            os.close(fd)
+        os.replace(tmp, host / DIR_FILE)
+        self._dirs[str(host)] = info
+
+    def _dirinfo(self, host: Path) -> DirInfo:
+        key = str(host)
+        info = self._dirs.get(key)
+        if info is None:
+            try:
+                blob = (host / DIR_FILE).read_bytes()
+            except FileNotFoundError:
+                if host.is_dir():
+                    raise IntegrityError("a directory", "its .dir record is missing") from None
+                raise
+            except NotADirectoryError:
+                raise oserror(errno.ENOTDIR) from None
+            if len(blob) < 16 + 28:
+                raise IntegrityError("a directory", ".dir record truncated")
+            dir_id = blob[:16]
+            doc = json.loads(self._dirmeta.open(blob[16:], dir_id, "a directory record"))
+            info = DirInfo(dir_id, doc.get("t"), {b64d(k): b64d(v) for k, v in doc.get("x", {}).items()})
+            if len(self._dirs) > 65536:
+                self._dirs.clear()
+            self._dirs[key] = info
+        return info
+
+    def _host_name(self, parent: Path, name: bytes) -> str:
+        enc = self._names.encrypt(name, self._dirinfo(parent).dir_id)
+        return long_name(enc) if is_long(enc) else enc
+
+    def _host(self, path: Path_) -> Path:
+        host = self.root
+        for name in path:
+            host = host / self._host_name(host, name)
+        return host
+
+    def _split(self, path: Path_) -> tuple[Path, str, Path]:
+        """(host parent, host name, host path) for a path that may not exist yet."""
+        if not path:
+            raise oserror(errno.EPERM, "the session root")
+        check_name(path[-1])
+        parent = self._host(path[:-1])
+        name = self._host_name(parent, path[-1])
+        return parent, name, parent / name
+
+    def _decode_entry(self, parent: Path, host_name: str, dir_id: bytes) -> bytes | None:
+        if host_name.startswith(".") or host_name.endswith(SIDECAR_SUFFIX):
+            return None
+        enc = host_name
+        if host_name.startswith(LONG_PREFIX):
+            try:
+                enc = (parent / (host_name + SIDECAR_SUFFIX)).read_text()
+            except OSError:
+                return None
+        try:
+            return self._names.decrypt(enc, dir_id)
+        except IntegrityError:
+            log.warning("skipping a directory entry whose name does not authenticate")
+            return None
+
+    def relpath(self, host: Path) -> str:
+        return str(host.relative_to(self.store.base))
+
+    def memory_id(self, path: Path_, created: float) -> str:
+        key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
+        return f"{self.session.name}:{key}:{created:.3f}"
+
+    # -- attributes ---------------------------------------------------------------
+    def _attr_of(self, host: Path, s: os.stat_result) -> Attr:
+        if st.S_ISREG(s.st_mode):
+            of = self._open.get(s.st_ino)
+            if of is not None:
+                return of.attr()
+            rel = self.relpath(host)
+            expires = self.store.ttl.expires_for(rel)
+            if expires is not None and expires <= self.store.clock.now():
+                raise oserror(errno.ENOENT, "expired")
+            if self.tier.codec == CODEC_RAW:
+                return attr_from_stat(s, raw_size_from_host(s.st_size, self.tier.chunk_size), expires)
+            meta = self._peek_meta(host)
+            return attr_from_stat(s, meta.size, meta.expires_at)
+        if st.S_ISLNK(s.st_mode):
+            return attr_from_stat(s, len(self._read_symlink(host)))
+        return attr_from_stat(s)
+
+    def _peek_meta(self, host: Path) -> Meta:
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+        finally:
+            os.close(fd)
+        meta = ef.meta
+        if meta.expires_at is not None and meta.expires_at <= self.store.clock.now():
+            raise oserror(errno.ENOENT, "expired")
+        return meta
+
+    def getattr(self, path: Path_) -> Attr:
+        host = self._host(path)
+        return self._attr_of(host, os.lstat(host))
+
+    def listdir(self, path: Path_) -> Iterator[tuple[bytes, Attr]]:
+        host = self._host(path)
+        dir_id = self._dirinfo(host).dir_id
+        with os.scandir(host) as it:
+            for entry in it:
+                name = self._decode_entry(host, entry.name, dir_id)
+                if name is None:
+                    continue
+                try:
+                    yield name, self._attr_of(Path(entry.path), entry.stat(follow_symlinks=False))
+                except (FileNotFoundError, IntegrityError):
+                    continue
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+
+    # -- directories ----------------------------------------------------------------
+    def mkdir(self, path: Path_, mode: int, uid: int | None = None, gid: int | None = None) -> Attr:
+        parent, _name, host = self._split(path)
+        if not parent.is_dir():
+            raise oserror(errno.ENOTDIR)
+        self._make_dir(host, mode)
+        self._chown(host, uid, gid)
+        return self._attr_of(host, os.lstat(host))
+
+    def rmdir(self, path: Path_) -> None:
+        parent, name, host = self._split(path)
+        s = os.lstat(host)
+        if not st.S_ISDIR(s.st_mode):
+            raise oserror(errno.ENOTDIR)
+        self._remove_empty_dir(host)
+        self._drop_sidecar(parent, name)
+        self.store.audit.log("directory_delete", session=self.session.name, tier=self.tier.value,
+                             path="/".join(p.decode("utf-8", "replace") for p in path))
+
+    def _remove_empty_dir(self, host: Path) -> None:
+        with os.scandir(host) as it:
+            for entry in it:
+                if entry.name == DIR_FILE:
+                    continue
+                if entry.name.startswith(TMP_PREFIX):
+                    self._trash(Path(entry.path))
+                    continue
+                raise oserror(errno.ENOTEMPTY)
+        (host / DIR_FILE).unlink()
+        os.rmdir(host)
+        self._forget_dirs(host)
+
+    def _forget_dirs(self, host: Path) -> None:
+        prefix = str(host)
+        for key in [k for k in self._dirs if k == prefix or k.startswith(prefix + "/")]:
+            del self._dirs[key]
+
+    def get_dir_ttl(self, path: Path_) -> float | None:
+        return self._dirinfo(self._host(path)).default_ttl
+
+    def set_dir_ttl(self, path: Path_, seconds: float | None) -> None:
+        host = self._host(path)
+        info = self._dirinfo(host)
+        self._write_dirinfo(host, DirInfo(info.dir_id, seconds, info.xattrs))
+
+    def default_ttl(self, parent: Path_) -> float | None:
+        """TTL for a new file: nearest directory default, else the tier's."""
+        for depth in range(len(parent), -1, -1):
+            ttl = self._dirinfo(self._host(parent[:depth])).default_ttl
+            if ttl is not None:
+                return ttl
+        return self.store.tier_default_ttl(self.tier)
+
+    # -- files ------------------------------------------------------------------------
+    def create(self, path: Path_, mode: int = 0o644, uid: int | None = None, gid: int | None = None,
+               ttl: float | None = None, kind: int = KIND_BYTES) -> DiskHandle:
+        parent, name, host = self._split(path)
+        self._write_sidecar(parent, name, path[-1])
+        fd = os.open(host, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+        try:
+            self._chown(host, uid, gid, fd)
+            of = self._new_file(fd, path, host, ttl if ttl is not None else self.default_ttl(path[:-1]), kind)
+        except BaseException:
+            os.close(fd)
+            os.unlink(host)
+            raise
+        return DiskHandle(of, True)
+
+    def _new_file(self, fd: int, path: Path_, host: Path, ttl: float | None, kind: int) -> OpenFile:
+        now = self.store.clock.now()
+        meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
+        ef = EncryptedFile.create(FdBacking(fd), self._wrap, self.tier.code, self.tier.codec,
+                                  self.tier.chunk_size, meta, "a memory")
+        of = OpenFile(self, ef, os.fstat(fd).st_ino, path)
+        self._open[of.ino] = of
+        if meta.expires_at is not None:
+            self.store.ttl.set(of.file_id, self.relpath(host), meta.expires_at)
+        return of
+
+    def open(self, path: Path_, writable: bool = True, truncate: bool = False) -> DiskHandle:
+        host = self._host(path)
+        s = os.lstat(host)
+        if st.S_ISDIR(s.st_mode):
+            raise oserror(errno.EISDIR)
+        if not st.S_ISREG(s.st_mode):
+            raise oserror(errno.ELOOP if st.S_ISLNK(s.st_mode) else errno.EACCES)
+        of = self._open.get(s.st_ino)
+        if of is None:
+            fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
+            try:
+                ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+                self._check_live(ef.meta)
+                self._heal_size(ef)
+            except BaseException:
+                os.close(fd)
+                raise
+            of = OpenFile(self, ef, s.st_ino, path)
+            self._open[of.ino] = of
+        else:
+            self._check_live(of.ef.meta)
+        handle = DiskHandle(of, writable)
+        if truncate:
+            handle.truncate(0)
+        return handle
+
+    def _check_live(self, meta: Meta) -> None:
+        if meta.expires_at is not None and meta.expires_at <= self.store.clock.now():
+            raise oserror(errno.ENOENT, "expired")
+
+    def _heal_size(self, ef: EncryptedFile) -> None:
+        """After a crash, chunks past the synced size may remain: cut them so stat agrees."""
+        if ef.header.codec != CODEC_RAW:
+            return
+        host_size = ef.backing.size()
+        if raw_size_from_host(host_size, ef.chunk_size) != ef.size:
+            ef.trim_host()
+
+    def _release(self, of: OpenFile) -> int:
+        of.refs -= 1
+        if of.refs > 0:
+            return 0
+        written, of.bytes_written = of.bytes_written, 0
+        try:
+            if of.trash is None:
+                of.ef.sync_meta()
+        finally:
+            del self._open[of.ino]
+            if of.trash is not None:
+                self._crypto_erase_open(of)
+            of.ef.close()
+        return written
+
+    def note_read(self, handle: DiskHandle) -> int:
+        """Count one read access; persisted with the next header write."""
+        meta = handle.of.ef.meta
+        meta.access_count += 1
+        handle.of.ef.meta_dirty = True
+        return meta.access_count
+
+    def read_all(self, path: Path_) -> tuple[bytes, Meta]:
+        h = self.open(path, writable=False)
+        try:
+            data = h.read(0, h.of.ef.size)
+            self.note_read(h)
+            self._sync_keep_times(h.of)
+            return data, h.of.ef.meta
+        finally:
+            h.release()
+
+    def _sync_keep_times(self, of: OpenFile) -> None:
+        """Write the header for a metadata-only change without touching mtime."""
+        fd = of.ef.backing.fd  # type: ignore[attr-defined]
+        s = os.fstat(fd)
+        of.ef.sync_meta()
+        os.utime(fd, ns=(s.st_atime_ns, s.st_mtime_ns))
+
+    def write_all(self, path: Path_, data: bytes, ttl: float | None, kind: int, mode: int = 0o600) -> Meta:
+        """Replace a memory atomically: write aside, fsync, rename over, erase the old one."""
+        self._ensure_parent(path)
+        parent, name, host = self._split(path)
+        self.store.ensure_space(len(data) + HEADER_SIZE)
+        tmp = parent / (TMP_PREFIX + os.urandom(8).hex())
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            now = self.store.clock.now()
+            meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
+            ef = EncryptedFile.create(FdBacking(fd), self._wrap, self.tier.code, self.tier.codec,
+                                      self.tier.chunk_size, meta, "a memory")
+            ef.write(0, data)
+            ef.fsync()
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        self._write_sidecar(parent, name, path[-1])
+        self._replace(tmp, host)
+        os.close(fd)
+        _fsync_dir(parent)
+        file_id = ef.header.file_id.hex()
+        if meta.expires_at is not None:
+            self.store.ttl.set(file_id, self.relpath(host), meta.expires_at)
+        return meta
+
+    def _ensure_parent(self, path: Path_) -> None:
+        if not self._host(path[:-1]).is_dir():
+            self.makedirs(path[:-1])
+
+    def makedirs(self, path: Path_) -> None:
+        for depth in range(1, len(path) + 1):
+            try:
+                self.mkdir(path[:depth], 0o755)
+            except FileExistsError:
+                pass
+
+    def _replace(self, src: Path, dst: Path) -> None:
+        """rename(src, dst), erasing whatever dst held (crypto-erase first)."""
+        try:
+            s = os.lstat(dst)
+        except FileNotFoundError:
+            os.rename(src, dst)
+            return
+        if st.S_ISDIR(s.st_mode):
+            raise oserror(errno.EISDIR)
+        trash = self.store.trash_path()
+        os.link(dst, trash, follow_symlinks=False)
+        os.rename(src, dst)
+        self._erase_trashed(trash, s)
+
+    def _erase_trashed(self, trash: Path, s: os.stat_result) -> None:
+        """A regular file or symlink now only in the trash: crypto-erase it unless still open."""
+        if st.S_ISREG(s.st_mode):
+            self._forget_ttl_of(trash)
+            of = self._open.get(s.st_ino)
+            if of is not None:
+                of.trash = trash
+                return
+            fd = os.open(trash, os.O_WRONLY | os.O_NOFOLLOW)
+            try:
+                destroy_header(fd, sync=False)
+            finally:
+                os.close(fd)
+        self.store.eraser.submit(trash)
+
+    def _forget_ttl_of(self, host: Path) -> None:
+        try:
+            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return
+        try:
+            raw = os.pread(fd, 28, 0)
+        finally:
+            os.close(fd)
+        if len(raw) == 28:
+            self.store.ttl.remove(raw[12:28].hex())
+
+    def _crypto_erase_open(self, of: OpenFile) -> None:
+        self.store.ttl.remove(of.file_id)
+        try:
+            destroy_header(of.ef.backing.fd, sync=False)  # type: ignore[attr-defined]
+        except OSError as exc:
+            log.error("crypto-erase of an unlinked memory failed: %s", exc.strerror)
+        if of.trash is not None:
+            self.store.eraser.submit(of.trash)
+
+    def unlink(self, path: Path_) -> None:
+        parent, name, host = self._split(path)
+        s = os.lstat(host)
+        if st.S_ISDIR(s.st_mode):
+            raise oserror(errno.EISDIR)
+        trash = self.store.trash_path()
+        os.rename(host, trash)
+        self._drop_sidecar(parent, name)
+        self._erase_trashed(trash, s)
+
+    def expire(self, host_rel: str, file_id: str) -> bool:
+        """Erase an expired memory found by the TTL index (header re-checked). True if erased."""
+        host = self.store.base / host_rel
+        try:
+            s = os.lstat(host)
+            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+        except IntegrityError:
+            os.close(fd)
+            return False
+        os.close(fd)
+        if ef.header.file_id.hex() != file_id or ef.meta.expires_at is None or ef.meta.expires_at > self.store.clock.now():
+            return False
+        trash = self.store.trash_path()
+        os.rename(host, trash)
+        if host.name.startswith(LONG_PREFIX):
+            self._drop_sidecar(host.parent, host.name)
+        self._erase_trashed(trash, s)
+        return True
+
+    # -- rename ------------------------------------------------------------------------
+    def rename(self, old: Path_, new: Path_, noreplace: bool = False) -> None:
+        oparent, oname, ohost = self._split(old)
+        nparent, nname, nhost = self._split(new)
+        if new[: len(old)] == old and len(new) > len(old):
+            raise oserror(errno.EINVAL, "cannot move a directory into itself")
+        s = os.lstat(ohost)
+        try:
+            t = os.lstat(nhost)
+        except FileNotFoundError:
+            t = None
+        if ohost == nhost:
+            return
+        if t is not None:
+            if noreplace:
+                raise oserror(errno.EEXIST)
+            if st.S_ISDIR(s.st_mode) != st.S_ISDIR(t.st_mode):
+                raise oserror(errno.EISDIR if st.S_ISDIR(t.st_mode) else errno.ENOTDIR)
+        if st.S_ISDIR(s.st_mode):
+            self._dirinfo(ohost)  # it must be one of ours
+            self._write_sidecar(nparent, nname, new[-1])
+            if t is not None:
+                self._remove_empty_dir(nhost)
+            os.rename(ohost, nhost)
+            self._forget_dirs(ohost)
+        else:
+            self._write_sidecar(nparent, nname, new[-1])
+            self._replace(ohost, nhost)
+        self._drop_sidecar(oparent, oname)
+        self.store.ttl.moved(self.relpath(ohost), self.relpath(nhost))
+        for of in self._open.values():
+            if of.path[: len(old)] == old:
+                of.path = new + of.path[len(old):]
+
+    # -- symlinks ------------------------------------------------------------------------
+    def symlink(self, path: Path_, target: bytes, uid: int | None = None, gid: int | None = None) -> Attr:
+        if len(target) > SYMLINK_MAX:
+            raise oserror(errno.ENAMETOOLONG, "symlink target too long")
+        if not target:
+            raise oserror(errno.ENOENT, "empty symlink target")
+        parent, name, host = self._split(path)
+        self._write_sidecar(parent, name, path[-1])
+        os.symlink(self._names.encrypt(target, b"symlink"), host)
+        self._chown(host, uid, gid)
+        return self._attr_of(host, os.lstat(host))
+
+    def readlink(self, path: Path_) -> bytes:
+        return self._read_symlink(self._host(path))
+
+    def _read_symlink(self, host: Path) -> bytes:
+        try:
+            return self._names.decrypt(os.readlink(host), b"symlink")
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise oserror(errno.EINVAL, "not a symlink") from None
+            raise
+
+    # -- long names ---------------------------------------------------------------------
+    def _write_sidecar(self, parent: Path, host_name: str, name: bytes) -> None:
+        if host_name.startswith(LONG_PREFIX):
+            enc = self._names.encrypt(name, self._dirinfo(parent).dir_id)
+            (parent / (host_name + SIDECAR_SUFFIX)).write_text(enc)
+
+    def _drop_sidecar(self, parent: Path, host_name: str) -> None:
+        if host_name.startswith(LONG_PREFIX):
+            try:
+                (parent / (host_name + SIDECAR_SUFFIX)).unlink()
+            except FileNotFoundError:
+                pass
+
+    # -- attributes that change ------------------------------------------------------------
+    def _chown(self, host: Path, uid: int | None, gid: int | None, fd: int | None = None) -> None:
+        if uid is None and gid is None:
+            return
+        u = -1 if uid is None else uid
+        g = -1 if gid is None else gid
+        if fd is not None:
+            os.fchown(fd, u, g)
+        else:
+            os.chown(host, u, g, follow_symlinks=False)
+
+    def setattr(self, path: Path_, mode: int | None = None, uid: int | None = None, gid: int | None = None,
+                atime_ns: int | None = None, mtime_ns: int | None = None, size: int | None = None) -> Attr:
+        host = self._host(path)
+        if size is not None:
+            h = self.open(path, writable=True)
+            try:
+                h.truncate(size)
+            finally:
+                h.release()
+        if mode is not None:
+            os.chmod(host, mode & 0o7777, follow_symlinks=False) if not os.path.islink(host) else None
+        self._chown(host, uid, gid)
+        if atime_ns is not None or mtime_ns is not None:
+            s = os.lstat(host)
+            os.utime(host, ns=(atime_ns if atime_ns is not None else s.st_atime_ns,
+                               mtime_ns if mtime_ns is not None else s.st_mtime_ns), follow_symlinks=False)
+        return self.getattr(path)
+
+    # -- per-file metadata: xattrs and TTL ----------------------------------------------------
+    def _with_meta(self, path: Path_, change=None) -> Meta:
+        """Read (and, with ``change``, rewrite) a file's metadata; directories use their record."""
+        h = self.open(path, writable=change is not None)
+        try:
+            meta = h.of.ef.meta
+            if change is not None:
+                new = Meta(meta.size, meta.created, meta.expires_at, meta.access_count, meta.kind, dict(meta.xattrs))
+                change(new)
+                h.of.ef.set_meta(new)
+                self._sync_keep_times(h.of)
+                if new.expires_at != meta.expires_at:
+                    self.store.ttl.set(h.of.file_id, self.relpath(self._host(h.of.path)), new.expires_at)
+                return new
+            return meta
+        finally:
+            h.release()
+
+    def _is_dir(self, path: Path_) -> bool:
+        return st.S_ISDIR(os.lstat(self._host(path)).st_mode)
+
+    def _check_xattr_target(self, path: Path_) -> None:
+        if os.path.islink(self._host(path)):
+            raise oserror(errno.EPERM, "no user attributes on symlinks")
+
+    def getxattrs(self, path: Path_) -> dict[bytes, bytes]:
+        self._check_xattr_target(path)
+        if self._is_dir(path):
+            return dict(self._dirinfo(self._host(path)).xattrs)
+        return dict(self._with_meta(path).xattrs)
+
+    def setxattr(self, path: Path_, name: bytes, value: bytes | None) -> None:
+        """Set (or with None remove) one attribute; ENODATA removing one that is absent."""
+        self._check_xattr_target(path)
+        if self._is_dir(path):
+            host = self._host(path)
+            info = self._dirinfo(host)
+            xattrs = dict(info.xattrs)
+            _apply_xattr(xattrs, name, value)
+            if sum(3 + len(k) + len(v) for k, v in xattrs.items()) > 3900:
+                raise oserror(errno.ENOSPC, "no room for more attributes")
+            self._write_dirinfo(host, DirInfo(info.dir_id, info.default_ttl, xattrs))
+            return
+        self._with_meta(path, lambda m: _apply_xattr(m.xattrs, name, value))
+
+    def meta(self, path: Path_) -> Meta:
+        return self._with_meta(path)
+
+    def set_ttl(self, path: Path_, seconds: float | None) -> float | None:
+        now = self.store.clock.now()
+        expires = now + seconds if seconds is not None else None
+
+        def change(m: Meta) -> None:
+            m.expires_at = expires
+
+        self._with_meta(path, change)
+        return expires
+
+    def open_count(self) -> int:
+        return len(self._open)
+
+    def close(self) -> None:
+        for of in list(self._open.values()):
+            of.refs = 1
+            self._release(of)
+
+    def walk_files(self) -> Iterator[tuple[Path_, Path]]:
+        """Every memory file (plaintext path, host path): for stats and fsck."""
+        if not self.exists():
+            return
+        stack: list[tuple[Path_, Path]] = [((), self.root)]
+        while stack:
+            path, host = stack.pop()
+            try:
+                dir_id = self._dirinfo(host).dir_id
+            except (IntegrityError, OSError):
+                continue
+            with os.scandir(host) as it:
+                for entry in it:
+                    name = self._decode_entry(host, entry.name, dir_id)
+                    if name is None:
+                        continue
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((path + (name,), Path(entry.path)))
+                    elif entry.is_file(follow_symlinks=False):
+                        yield path + (name,), Path(entry.path)
+
+    def check_file(self, host: Path) -> None:
+        """Authenticate one memory completely (fsck)."""
+        fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+            ef.verify()
+        finally:
+            os.close(fd)
+
+
+def _apply_xattr(xattrs: dict[bytes, bytes], name: bytes, value: bytes | None) -> None:
+    if value is None:
+        if name not in xattrs:
+            raise oserror(errno.ENODATA)
+        del xattrs[name]
+    else:
+        xattrs[name] = value
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit_aside(tree: "DiskTree", handle: DiskHandle, tmp: Path, path: Path_) -> None:
+    """Finish a streamed write: fsync, rename over the target (erasing the old), index its TTL."""
+    handle.fsync()
+    parent, name, host = tree._split(path)
+    tree._write_sidecar(parent, name, path[-1])
+    tree._replace(tmp, host)
+    _fsync_dir(parent)
+    expires = handle.of.ef.meta.expires_at
+    if expires is not None:
+        tree.store.ttl.set(handle.of.file_id, tree.relpath(host), expires)
+    handle.release()
+
+
+def create_aside(tree: "DiskTree", path: Path_, ttl: float | None, kind: int) -> tuple[DiskHandle, Path]:
+    """A new memory written beside ``path``; :func:`_commit_aside` puts it in place atomically."""
+    tree._ensure_parent(path)
+    parent, _name, _host = tree._split(path)
+    tmp = parent / (TMP_PREFIX + os.urandom(8).hex())
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    now = tree.store.clock.now()
+    meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
+    ef = EncryptedFile.create(FdBacking(fd), tree._wrap, tree.tier.code, tree.tier.codec, tree.tier.chunk_size, meta, "a memory")
+    of = OpenFile(tree, ef, os.fstat(fd).st_ino, path)
+    tree._open[of.ino] = of
+    return DiskHandle(of, True), tmp

@@ -1,0 +1,119 @@
+"""Erasing: crypto-erase first, overwrite passes after.
+
+Destroying a header (its wrapped data key) or a session key file makes the
+data unreadable at once, on any medium. The overwrite passes that follow are
+best effort: on SSDs, journaling and copy-on-write filesystems the old blocks
+may survive them (NIST SP 800-88; docs/FORMAT.md says more).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from pathlib import Path
+
+from ..format.header import HEADER_SIZE
+
+log = logging.getLogger(__name__)
+
+_BLOCK = 1 << 20
+
+
+def destroy_header(fd: int, sync: bool = True) -> None:
+    """Overwrite a memory's header, the only copy of its data key."""
+    os.pwrite(fd, os.urandom(HEADER_SIZE), 0)
+    if sync:
+        os.fdatasync(fd)
+
+
+def overwrite(path: Path, passes: int) -> None:
+    """Overwrite a regular file ``passes`` times with random bytes, then unlink it.
+
+    A file that still has other hard links is only unlinked: its data belongs
+    to a live name.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if st.st_nlink == 1 and passes > 0 and st.st_size > 0:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            destroy_header(fd, sync=False)
+            for _ in range(passes):
+                for offset in range(0, st.st_size, _BLOCK):
+                    os.pwrite(fd, os.urandom(min(_BLOCK, st.st_size - offset)), offset)
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+    os.unlink(path)
+
+
+def overwrite_tree(root: Path, passes: int) -> int:
+    """Overwrite and remove every file under ``root``, then the directories. Returns files erased."""
+    count = 0
+    if not root.exists():
+        return 0
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            p = Path(dirpath, name)
+            if p.is_symlink():
+                p.unlink()
+            else:
+                overwrite(p, passes)
+            count += 1
+        for name in dirnames:
+            d = Path(dirpath, name)
+            if d.is_symlink():
+                d.unlink()
+            else:
+                d.rmdir()
+    root.rmdir()
+    return count
+
+
+class Eraser:
+    """Runs overwrite passes on trashed files in a background thread.
+
+    Callers crypto-erase before queueing, so nobody waits for passes. Entries
+    left in the trash by a crash are queued again when the store opens.
+    """
+
+    def __init__(self, trash: Path, passes: int) -> None:
+        self.trash = trash
+        self.passes = passes
+        self._queue: queue.Queue[Path | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="tailsfs-eraser", daemon=True)
+        self._thread.start()
+        for entry in sorted(trash.iterdir()):
+            self._queue.put(entry)
+
+    def submit(self, path: Path) -> None:
+        self._queue.put(path)
+
+    def drain(self) -> None:
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            path = self._queue.get()
+            try:
+                if path is None:
+                    return
+                if path.is_dir() and not path.is_symlink():
+                    overwrite_tree(path, self.passes)
+                elif path.is_symlink():
+                    path.unlink()
+                else:
+                    overwrite(path, self.passes)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.error("erasing a trashed file failed: %s", exc.strerror)
+            finally:
+                self._queue.task_done()
