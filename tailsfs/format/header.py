@@ -97,6 +97,8 @@ class Header:
         (meta_len,) = struct.unpack_from(">H", raw, _META_LEN_AT)
         if not OVERHEAD <= meta_len <= MAX_META + OVERHEAD:
             raise IntegrityError(what, "metadata length out of range")
+        if any(raw[_META_AT + meta_len : HEADER_SIZE]):  # the padding is not sealed: it must be zeros
+            raise IntegrityError(what, "header padding is not zero (edited)")
         hdr = cls._with_key(tier, codec, chunk_size, file_id, prefix, wrapped, data_key, Meta())
         data_key.destroy()
         plain = hdr.meta_sealer.open(raw[_META_AT : _META_AT + meta_len], prefix + b"meta", what)

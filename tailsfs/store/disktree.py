@@ -406,7 +406,10 @@ class DiskTree:
         written, of.bytes_written = of.bytes_written, 0
         try:
             if of.trash is None:
-                of.ef.sync_meta()
+                if written:
+                    of.ef.sync_meta()
+                else:
+                    self._sync_keep_times(of)
         finally:
             del self._open[of.ino]
             if of.trash is not None:
@@ -433,6 +436,8 @@ class DiskTree:
 
     def _sync_keep_times(self, of: OpenFile) -> None:
         """Write the header for a metadata-only change without touching mtime."""
+        if not of.ef.meta_dirty:
+            return
         fd = of.ef.backing.fd  # type: ignore[attr-defined]
         s = os.fstat(fd)
         of.ef.sync_meta()

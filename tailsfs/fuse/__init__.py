@@ -1,0 +1,1 @@
+"""The FUSE face: inodes and handles mapped onto the store. No crypto here."""

@@ -1,0 +1,280 @@
+"""Starting and stopping the mount: the daemon's whole life cycle.
+
+``mount_command`` checks what it can in the caller's process, forks the
+daemon, and returns only once the daemon reports the mount ready (or the
+one-line reason it failed) through a pipe. The daemon opens the store,
+mounts, and runs pyfuse3's loop beside the expiry task until the kernel
+unmounts it or SIGTERM/SIGINT asks it to; then it closes every handle, drops
+the volatile tier and releases the store.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from ..config import MountConfig, default_base, load_config, set_option
+from ..errors import StoreInUseError, TailsError, WrongKeyError, KeyFileError
+from ..store.engine import Store
+from .ops import TailsOperations
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_KEY, EXIT_IN_USE, EXIT_NOT_MOUNTED = 0, 1, 2, 3, 5, 6
+
+
+class MountError(Exception):
+    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _is_mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == target for line in fh if len(line.split()) > 1)
+
+
+def _check_mountpoint(mp: Path) -> None:
+    if not Path("/dev/fuse").exists():
+        raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module (modprobe fuse)")
+    if mp.exists() and _is_mounted(mp):
+        raise MountError(f"{mp} is already a mountpoint: unmount it first (tailsfs umount {mp})", EXIT_IN_USE)
+    if not mp.exists():
+        mp.mkdir(parents=True)
+    if not mp.is_dir():
+        raise MountError(f"{mp} is not a directory", EXIT_USAGE)
+    if any(mp.iterdir()):
+        raise MountError(f"{mp} is not empty: mount on an empty directory", EXIT_USAGE)
+
+
+def build_config(config: str | None, options: list[str], base: str | None) -> MountConfig:
+    cfg = load_config(config)
+    for group in options:
+        for opt in filter(None, group.split(",")):
+            name, _, value = opt.partition("=")
+            if name in ("allow_other", "lock_memory") and not value:
+                value = "yes"
+            if name in ("rw", "defaults", "nofail", "_netdev", "auto", "noauto", "user", "nouser"):
+                continue  # fstab generics
+            set_option(cfg, name, value)
+    if base:
+        cfg.base = base
+    if not cfg.base:
+        cfg.base = str(default_base())
+    cfg.validate()
+    return cfg
+
+
+def _harden_process(cfg: MountConfig) -> None:
+    """No core dumps of a process holding keys; malloc tuned for 1 MiB requests; optional mlockall."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+    # Fresh 1 MiB buffers per request cost page faults: keep them on the heap.
+    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+    libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD
+    if cfg.lock_memory:
+        if libc.mlockall(1 | 2) != 0:  # MCL_CURRENT | MCL_FUTURE
+            err = ctypes.get_errno()
+            raise MountError(f"lock_memory: mlockall failed ({os.strerror(err)}); raise the memlock limit "
+                             f"(ulimit -l unlimited / LimitMEMLOCK=infinity) or turn lock_memory off")
+
+
+def _setup_logging(cfg: MountConfig, foreground: bool) -> None:
+    level = getattr(logging, cfg.log_level.upper())
+    handler: logging.Handler
+    if cfg.log_file:
+        handler = logging.FileHandler(cfg.log_file)
+    elif foreground:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = logging.FileHandler(Path(cfg.base) / "tailsfs.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_key: bytes | None,
+                    test_faults: bool) -> tuple[Store, TailsOperations]:
+    try:
+        store = Store(cfg.base, passphrase=passphrase, user_key=user_key, config=cfg.store_config())
+    except WrongKeyError as exc:
+        raise MountError(f"{exc}", EXIT_KEY) from None
+    except StoreInUseError as exc:
+        raise MountError(f"{exc}: unmount it or close the program first", EXIT_IN_USE) from None
+    except (KeyFileError, TailsError, OSError, ValueError) as exc:
+        raise MountError(str(exc)) from None
+    ops = TailsOperations(store, mountpoint=str(mp), prune_interval=cfg.prune_interval,
+                          allow_other=cfg.allow_other, test_faults=test_faults)
+    opts = set(pyfuse3.default_options)
+    opts |= {"fsname=tailsfs", "subtype=tailsfs", "default_permissions", "noatime"}
+    if cfg.allow_other:
+        opts.add("allow_other")
+    try:
+        pyfuse3.init(ops, str(mp), opts)
+    except RuntimeError as exc:
+        store.close()
+        raise MountError(f"mounting {mp} failed: {exc}") from None
+    store.audit.log("mount", face="fuse")
+    return store, ops
+
+
+def _serve(store: Store, ops: TailsOperations) -> int:
+    """Run until unmounted or signalled; always release the store."""
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            def stop(*_args: object) -> None:
+                pyfuse3.terminate()
+            ops.on_emergency = stop
+            trio_token = trio.lowlevel.current_trio_token()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, lambda *_a: trio_token.run_sync_soon(pyfuse3.terminate))
+            nursery.start_soon(ops.expiry_loop)
+            await pyfuse3.main(min_tasks=2, max_tasks=16)
+            nursery.cancel_scope.cancel()
+
+    code = EXIT_OK
+    try:
+        trio.run(main)
+    except BaseException as exc:  # noqa: BLE001 - the store must be released whatever happened
+        log.error("the FUSE loop stopped with %s", type(exc).__name__)
+        code = EXIT_FAIL
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        except Exception:
+            pass
+        ops.close()
+        if not store.closed:
+            store.audit.log("unmount", face="fuse")
+            store.close()
+    return code
+
+
+def mount_command(mountpoint: str, base: str | None, config: str | None, passphrase: bytes | None,
+                  user_key: bytes | None, foreground: bool, options: list[str]) -> int:
+    """``tailsfs mount``: returns once the mount is ready (or failed, with a one-line message)."""
+    test_faults = os.environ.get("TAILSFS_TEST_FAULTS") == "1"
+    try:
+        cfg = build_config(config, options, base)
+        mp = Path(mountpoint).absolute()
+        _check_mountpoint(mp)
+    except MountError as exc:
+        print(f"tailsfs: {exc}", file=sys.stderr)
+        return exc.code
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"tailsfs: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if foreground:
+        try:
+            _harden_process(cfg)
+            _setup_logging(cfg, True)
+            store, ops = _open_and_mount(mp, cfg, passphrase, user_key, test_faults)
+        except MountError as exc:
+            print(f"tailsfs: {exc}", file=sys.stderr)
+            return exc.code
+        return _serve(store, ops)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        os.close(read_fd)
+        code = EXIT_FAIL
+        try:
+            os.setsid()
+            _harden_process(cfg)
+            Path(cfg.base).mkdir(parents=True, exist_ok=True, mode=0o700)
+            _setup_logging(cfg, False)
+            store, ops = _open_and_mount(mp, cfg, passphrase, user_key, test_faults)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            os.write(write_fd, f"ok {os.getpid()}\n".encode())
+            os.close(write_fd)
+            code = _serve(store, ops)
+        except MountError as exc:
+            os.write(write_fd, f"{exc.code} {exc}\n".encode())
+        except BaseException as exc:  # noqa: BLE001
+            os.write(write_fd, f"{EXIT_FAIL} daemon failed to start: {type(exc).__name__}: {exc}\n".encode())
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as fh:
+        line = fh.readline().strip()
+    if line.startswith("ok"):
+        return EXIT_OK
+    os.waitpid(pid, 0)
+    code_text, _, message = line.partition(" ")
+    print(f"tailsfs: {message or 'the daemon exited before mounting'}", file=sys.stderr)
+    return int(code_text) if code_text.isdigit() else EXIT_FAIL
+
+
+def _daemon_pid(mp: Path) -> int | None:
+    try:
+        from ..cli.client import request  # type: ignore[import-not-found]
+        return int(request(str(mp), {"cmd": "status"}).get("pid"))
+    except Exception:
+        pass
+    ctl = mp / ".tailsfs.ctl"
+    try:
+        fd = os.open(ctl, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        os.write(fd, b'{"cmd": "status"}')
+        data = b""
+        while True:
+            chunk = os.pread(fd, 65536, len(data))
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(fd)
+    import json
+    try:
+        return int(json.loads(data).get("pid"))
+    except (ValueError, TypeError):
+        return None
+
+
+def umount_command(mountpoint: str, timeout: float = 60.0) -> int:
+    """``tailsfs umount``: flush, unmount, and wait for the daemon to exit."""
+    mp = Path(mountpoint).absolute()
+    if not mp.exists() or not _is_mounted(mp):
+        print(f"tailsfs: {mp} is not mounted", file=sys.stderr)
+        return EXIT_NOT_MOUNTED
+    pid = _daemon_pid(mp)
+    os.sync()
+    result = subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, text=True)
+    if result.returncode != 0:
+        msg = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
+        print(f"tailsfs: cannot unmount {mp}: {msg} (is a program still using it?)", file=sys.stderr)
+        return EXIT_IN_USE if "busy" in msg.lower() else EXIT_FAIL
+    if pid is not None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+        else:
+            print(f"tailsfs: unmounted, but the daemon (pid {pid}) did not exit within {timeout:.0f} s", file=sys.stderr)
+            return EXIT_FAIL
+    return EXIT_OK

@@ -1,0 +1,707 @@
+"""pyfuse3 operations: the kernel's requests answered from the store.
+
+Every handler goes through :func:`_guard`: an exception that is not a
+FUSEError would tear the whole mount down (pyfuse3 re-raises it out of
+``main``), so store errors become their errno and anything unexpected is
+logged — type and traceback only, never a message that could carry a name —
+and answered with EIO.
+"""
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import math
+import os
+import stat as st
+import time
+import traceback
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+from ..errors import IntegrityError, TailsError, UnknownSessionError
+from ..store.engine import Store, check_session_name
+from ..store.nodes import Attr, check_name, check_ttl
+from ..store.tiers import MemoryTier
+from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
+
+log = logging.getLogger(__name__)
+
+CACHE_TIMEOUT = 300.0  # nothing changes behind the kernel: the daemon owns the store; expiry invalidates
+XATTR_PREFIX = b"user."
+TTL_XATTR = b"user.tails.ttl"
+READONLY_XATTRS = (b"user.tails.tier", b"user.tails.expires_at", b"user.tails.created",
+                   b"user.tails.memory_id", b"user.tails.access_count")
+TEST_FAULT_XATTR = b"user.tails.test.raise"
+
+
+def _guard(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    async def wrapper(self: "TailsOperations", *args: Any) -> Any:
+        try:
+            return fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except IntegrityError as exc:
+            log.error("%s: integrity check failed (%s); answering EIO", fn.__name__, exc.detail)
+            self.store.audit.log("integrity_error", operation=fn.__name__, detail=exc.detail)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except UnknownSessionError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except OSError as exc:
+            code = exc.errno or errno.EIO
+            if code == errno.EIO:
+                log.error("%s: I/O error from the store's disk", fn.__name__)
+            raise pyfuse3.FUSEError(code) from None
+        except (ValueError, TypeError):
+            raise pyfuse3.FUSEError(errno.EINVAL) from None
+        except Exception as exc:  # never let one request kill the mount
+            log.error("%s failed with %s; answering EIO\n%s", fn.__name__, type(exc).__name__,
+                      "".join(traceback.format_tb(exc.__traceback__)))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+    return wrapper
+
+
+def _eperm() -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(errno.EPERM)
+
+
+class Handle:
+    """An open file: the store handle plus what the audit needs at close."""
+
+    __slots__ = ("node", "inner", "tree", "path", "reader")
+
+    def __init__(self, node: Node, inner: Any, tree: Any, path: tuple[bytes, ...], reader: bool) -> None:
+        self.node, self.inner, self.tree, self.path, self.reader = node, inner, tree, path, reader
+
+
+class CtlHandle:
+    """The control file: a JSON request written, a JSON response read back."""
+
+    __slots__ = ("response",)
+
+    def __init__(self) -> None:
+        self.response = b""
+
+
+class TailsOperations(pyfuse3.Operations):
+    enable_writeback_cache = True
+
+    def __init__(self, store: Store, *, mountpoint: str = "", prune_interval: float = 60.0,
+                 allow_other: bool = False, test_faults: bool = False) -> None:
+        super().__init__()
+        self.store = store
+        self.mountpoint = mountpoint
+        self.prune_interval = prune_interval
+        self.allow_other = allow_other
+        self.test_faults = test_faults
+        self.inodes = InodeTable()
+        self.handles: dict[int, Handle | CtlHandle] = {}
+        self.dir_snapshots: dict[int, list[tuple[bytes, Node, Attr]]] = {}
+        self._dir_nodes: dict[int, Node] = {}
+        self._next_fh = 1
+        self.expiring: dict[int, float] = {}
+        self.uid, self.gid = os.getuid(), os.getgid()
+        self.started = time.time_ns()
+        self.on_emergency: Callable[[], None] | None = None
+
+    # -- helpers ----------------------------------------------------------------------
+    def _tree(self, node: Node, create: bool = False):
+        if node.session is None or node.tier is None:
+            raise _eperm()
+        return self.store.tree(node.session, node.tier, create=create)
+
+    def _entry(self, node: Node, attr: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        e.entry_timeout = CACHE_TIMEOUT
+        e.attr_timeout = CACHE_TIMEOUT
+        e.st_mode = attr.mode
+        e.st_nlink = attr.nlink
+        e.st_uid = attr.uid
+        e.st_gid = attr.gid
+        e.st_rdev = 0
+        e.st_size = attr.size
+        e.st_blksize = 4096
+        e.st_blocks = attr.blocks
+        e.st_atime_ns = attr.atime_ns
+        e.st_mtime_ns = attr.mtime_ns
+        e.st_ctime_ns = attr.ctime_ns
+        if attr.expires_at is not None:
+            self.expiring[node.ino] = attr.expires_at
+        return e
+
+    def _virtual_dir(self, mode: int, nlink: int) -> Attr:
+        t = self.started
+        return Attr(st.S_IFDIR | mode, nlink, self.uid, self.gid, 4096, 8, t, t, t)
+
+    def _attr(self, node: Node) -> Attr:
+        if node.ino == ROOT:
+            return self._virtual_dir(0o755, 2 + len(TIER_INODES))
+        if node.ino == CTL_INODE:
+            t = self.started
+            return Attr(st.S_IFREG | 0o600, 1, self.uid, self.gid, 0, 0, t, t, t)
+        if node.session is None:
+            return self._virtual_dir(0o1777 if self.allow_other else 0o755,
+                                     2 + len(self.store.tier_sessions(node.tier)))
+        for h in self.handles.values():
+            if isinstance(h, Handle) and h.node is node:
+                return h.inner.getattr()
+        if node.unlinked:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._tree(node).getattr(self.inodes.path(node))
+
+    def _name_ok(self, name: bytes) -> None:
+        check_name(name)
+
+    def _new_fh(self, h: Handle | CtlHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self.handles[fh] = h
+        return fh
+
+    # -- lookups ------------------------------------------------------------------------
+    @_guard
+    def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        if name == b".":
+            node = parent
+        elif name == b"..":
+            node = self.inodes.get(parent.parent)
+        elif parent.ino == ROOT:
+            if name == CTL_NAME:
+                node = self.inodes.get(CTL_INODE)
+            else:
+                ino = self.inodes.by_name.get((ROOT, name))
+                if ino is None:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+                node = self.inodes.get(ino)
+        else:
+            self._name_ok(name)
+            if parent.session is None:  # a tier folder: the name is a session
+                sname = os.fsdecode(name)
+                if not self.store.has_tier(sname, parent.tier):
+                    raise pyfuse3.FUSEError(errno.ENOENT)
+            node = self._lookup_child(parent, name)
+        attr = self._attr(node)
+        node.lookups += 1
+        return self._entry(node, attr)
+
+    def _lookup_child(self, parent: Node, name: bytes) -> Node:
+        if parent.session is None:
+            return self.inodes.child(parent, name, is_dir=True)
+        tree = self._tree(parent)
+        attr = tree.getattr(self.inodes.path(parent) + (name,))
+        return self.inodes.child(parent, name, is_dir=attr.is_dir)
+
+    @_guard
+    def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for ino, count in inode_list:
+            self.inodes.forget(ino, count)
+
+    @_guard
+    def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        return self._entry(node, self._attr(node))
+
+    @_guard
+    def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+                ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        node = self.inodes.get(inode)
+        if node.session is None:
+            raise _eperm()
+        size = attr.st_size if fields.update_size else None
+        h = self.handles.get(fh) if fh is not None else None
+        if h is None:
+            h = next((x for x in self.handles.values() if isinstance(x, Handle) and x.node is node), None)
+        if size is not None and isinstance(h, Handle):
+            h.inner.truncate(size)
+            size = None
+        now = time.time_ns()
+        kwargs = dict(
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=(now if getattr(fields, "update_atime_now", False) else attr.st_atime_ns) if fields.update_atime else None,
+            mtime_ns=(now if getattr(fields, "update_mtime_now", False) else attr.st_mtime_ns) if fields.update_mtime else None,
+            size=size,
+        )
+        if node.unlinked and isinstance(h, Handle):
+            return self._entry(node, h.inner.getattr())
+        new = self._tree(node).setattr(self.inodes.path(node), **kwargs)
+        if isinstance(h, Handle):
+            new = h.inner.getattr() if not (fields.update_mode or fields.update_uid or fields.update_gid
+                                            or fields.update_atime or fields.update_mtime) else new
+        return self._entry(node, new)
+
+    @_guard
+    def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        node = self.inodes.get(inode)
+        return self._tree(node).readlink(self.inodes.path(node))
+
+    # -- directories --------------------------------------------------------------------
+    @_guard
+    def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        self._name_ok(name)
+        if parent.ino == ROOT:
+            raise _eperm()
+        if parent.session is None:
+            sname = check_session_name(os.fsdecode(name))
+            if self.store.has_tier(sname, parent.tier):
+                raise pyfuse3.FUSEError(errno.EEXIST)
+            tree = self.store.tree(sname, parent.tier, create=True)
+            attr = tree.setattr((), mode=mode & ~ctx.umask, uid=ctx.uid, gid=ctx.gid)
+        else:
+            attr = self._tree(parent).mkdir(self.inodes.path(parent) + (name,), mode & ~ctx.umask, ctx.uid, ctx.gid)
+        node = self.inodes.child(parent, name, is_dir=True)
+        node.lookups += 1
+        self.store.audit.log("directory_create", session=node.session, tier=node.tier.value,
+                             path=os.fsdecode(b"/".join(self.inodes.path(node))))
+        return self._entry(node, attr)
+
+    @_guard
+    def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.inodes.get(parent_inode)
+        if parent.ino == ROOT:
+            raise _eperm()
+        self._name_ok(name)
+        if parent.session is None:
+            sname = os.fsdecode(name)
+            if not self.store.has_tier(sname, parent.tier):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            self.store.remove_tier(sname, parent.tier)
+        else:
+            self._tree(parent).rmdir(self.inodes.path(parent) + (name,))
+        ino = self.inodes.by_name.get((parent.ino, name))
+        if ino is not None:
+            self.inodes.detach(self.inodes.get(ino))
+
+    @_guard
+    def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.inodes.get(inode)
+        if not node.is_dir:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dir_nodes[fh] = node
+        return fh
+
+    def _list(self, node: Node) -> list[tuple[bytes, Node, Attr]]:
+        out = []
+        if node.ino == ROOT:
+            for tier, ino in TIER_INODES.items():
+                n = self.inodes.get(ino)
+                out.append((n.name, n, self._attr(n)))
+            return out
+        if node.session is None:
+            for sname in self.store.tier_sessions(node.tier):
+                name = os.fsencode(sname)
+                child = self.inodes.child(node, name, is_dir=True)
+                try:
+                    out.append((name, child, self._attr(child)))
+                except (OSError, pyfuse3.FUSEError):
+                    continue
+            return out
+        for name, attr in self._tree(node).listdir(self.inodes.path(node)):
+            out.append((name, self.inodes.child(node, name, is_dir=attr.is_dir), attr))
+        return out
+
+    @_guard
+    def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        # One snapshot per opendir (a rewind re-reads): offsets stay stable while entries change.
+        snapshot = self.dir_snapshots.get(fh)
+        if snapshot is None or start_id == 0:
+            snapshot = self.dir_snapshots[fh] = self._list(self._dir_nodes[fh])
+        for i in range(start_id, len(snapshot)):
+            name, child, attr = snapshot[i]
+            if child.ino not in self.inodes.nodes:
+                continue
+            if not pyfuse3.readdir_reply(token, name, self._entry(child, attr), i + 1):
+                return
+            child.lookups += 1
+
+    @_guard
+    def releasedir(self, fh: int) -> None:
+        self.dir_snapshots.pop(fh, None)
+        self._dir_nodes.pop(fh, None)
+
+    @_guard
+    def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # -- files ------------------------------------------------------------------------------
+    def _check_file_parent(self, parent: Node) -> None:
+        if parent.session is None:
+            raise _eperm()  # no files in the root or directly in a tier folder
+
+    @_guard
+    def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+               ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        parent = self.inodes.get(parent_inode)
+        self._check_file_parent(parent)
+        self._name_ok(name)
+        tree = self._tree(parent)
+        path = self.inodes.path(parent) + (name,)
+        inner = tree.create(path, mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid)
+        node = self.inodes.child(parent, name, is_dir=False)
+        node.lookups += 1
+        node.opens += 1
+        fh = self._new_fh(Handle(node, inner, tree, path, reader=False))
+        return self._file_info(fh, node, flags), self._entry(node, inner.getattr())
+
+    def _file_info(self, fh: int, node: Node, flags: int) -> pyfuse3.FileInfo:
+        fi = pyfuse3.FileInfo(fh=fh)
+        fi.direct_io = bool(flags & os.O_DIRECT)
+        fi.keep_cache = True
+        return fi
+
+    @_guard
+    def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
+              ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        self._check_file_parent(parent)
+        self._name_ok(name)
+        if not st.S_ISREG(mode):
+            raise _eperm()  # FIFOs, sockets and device nodes are not memories
+        tree = self._tree(parent)
+        inner = tree.create(self.inodes.path(parent) + (name,), mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid)
+        attr = inner.getattr()
+        inner.release()
+        node = self.inodes.child(parent, name, is_dir=False)
+        node.lookups += 1
+        return self._entry(node, attr)
+
+    @_guard
+    def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.inodes.get(inode)
+        if inode == CTL_INODE:
+            if ctx.uid not in (0, self.uid):
+                raise pyfuse3.FUSEError(errno.EACCES)
+            fi = pyfuse3.FileInfo(fh=self._new_fh(CtlHandle()))
+            fi.direct_io = True
+            return fi
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        if node.session is None:
+            raise _eperm()
+        if node.unlinked:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        tree = self._tree(node)
+        path = self.inodes.path(node)
+        accmode = flags & os.O_ACCMODE
+        inner = tree.open(path, writable=accmode != os.O_RDONLY, truncate=bool(flags & os.O_TRUNC))
+        reader = accmode in (os.O_RDONLY, os.O_RDWR)
+        if reader:
+            count = tree.note_read(inner)
+            self.store.audit.log("memory_read", memory_id=tree.memory_id(path, _meta(inner).created),
+                                 tier=node.tier.value, access_count=count, session=node.session)
+        node.opens += 1
+        return self._file_info(self._new_fh(Handle(node, inner, tree, path, reader)), node, flags)
+
+    @_guard
+    def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if isinstance(h, CtlHandle):
+            return h.response[off : off + size]
+        return h.inner.read(off, size)
+
+    @_guard
+    def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        if isinstance(h, CtlHandle):
+            h.response = self._control(buf)
+            return len(buf)
+        return h.inner.write(off, buf)
+
+    @_guard
+    def flush(self, fh: int) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, Handle):
+            h.inner.flush()
+
+    @_guard
+    def fsync(self, fh: int, datasync: bool) -> None:
+        h = self.handles.get(fh)
+        if isinstance(h, Handle):
+            h.inner.fsync(datasync)
+
+    @_guard
+    def release(self, fh: int) -> None:
+        h = self.handles.pop(fh, None)
+        if not isinstance(h, Handle):
+            return
+        node = h.node
+        node.opens -= 1
+        written = h.inner.release()
+        if written:
+            self.store.audit.log("memory_write", memory_id=h.tree.memory_id(self.inodes.path(node) if not node.unlinked else h.path,
+                                                                             _meta(h.inner).created),
+                                 tier=node.tier.value, size_bytes=written, session=node.session)
+        self.inodes._maybe_drop(node)
+
+    # -- names -------------------------------------------------------------------------------
+    @_guard
+    def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self.inodes.get(parent_inode)
+        if parent.session is None:
+            raise _eperm()
+        self._name_ok(name)
+        tree = self._tree(parent)
+        path = self.inodes.path(parent) + (name,)
+        try:
+            created = tree.meta(path).created
+        except OSError:
+            created = 0.0
+        tree.unlink(path)
+        self.store.audit.log("memory_delete", memory_id=tree.memory_id(path, created), tier=parent.tier.value,
+                             session=parent.session)
+        ino = self.inodes.by_name.get((parent.ino, name))
+        if ino is not None:
+            self.inodes.detach(self.inodes.get(ino))
+
+    @_guard
+    def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes, flags: int,
+               ctx: pyfuse3.RequestContext) -> None:
+        old_parent = self.inodes.get(parent_inode_old)
+        new_parent = self.inodes.get(parent_inode_new)
+        self._name_ok(name_old)
+        self._name_ok(name_new)
+        if old_parent.ino == ROOT or new_parent.ino == ROOT:
+            raise _eperm()
+        if flags & pyfuse3.RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        if old_parent.session is None or new_parent.session is None:
+            # renaming a session folder re-keys nothing but would fork its identity: mv copies instead
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        if (old_parent.session, old_parent.tier) != (new_parent.session, new_parent.tier):
+            raise pyfuse3.FUSEError(errno.EXDEV)  # other keys or tier: mv copies (re-encrypts) and erases
+        tree = self._tree(old_parent)
+        old_path = self.inodes.path(old_parent) + (name_old,)
+        new_path = self.inodes.path(new_parent) + (name_new,)
+        tree.rename(old_path, new_path, noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
+        self.store.audit.log("memory_rename", session=old_parent.session, tier=old_parent.tier.value,
+                             path=os.fsdecode(b"/".join(old_path)), new_path=os.fsdecode(b"/".join(new_path)))
+        target = self.inodes.by_name.get((new_parent.ino, name_new))
+        if target is not None:
+            self.inodes.detach(self.inodes.get(target))
+        ino = self.inodes.by_name.get((old_parent.ino, name_old))
+        if ino is not None:
+            self.inodes.move(self.inodes.get(ino), new_parent, name_new)
+        for h in self.handles.values():
+            if isinstance(h, Handle) and h.path[: len(old_path)] == old_path:
+                h.path = new_path + h.path[len(old_path):]
+
+    @_guard
+    def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        parent = self.inodes.get(parent_inode)
+        self._check_file_parent(parent)
+        self._name_ok(name)
+        attr = self._tree(parent).symlink(self.inodes.path(parent) + (name,), target, ctx.uid, ctx.gid)
+        node = self.inodes.child(parent, name, is_dir=False)
+        node.lookups += 1
+        return self._entry(node, attr)
+
+    @_guard
+    def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        raise _eperm()  # hard links would share one data key between two names: refused
+
+    # -- xattrs ----------------------------------------------------------------------------------
+    def _xattr_target(self, inode: int) -> tuple[Node, Any, tuple[bytes, ...]]:
+        node = self.inodes.get(inode)
+        if node.session is None:
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        return node, self._tree(node), self.inodes.path(node)
+
+    @_guard
+    def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self.test_faults and name == TEST_FAULT_XATTR:
+            raise RuntimeError("fault injected for tests")
+        if not name.startswith(XATTR_PREFIX):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if name in READONLY_XATTRS:
+            raise _eperm()
+        node, tree, path = self._xattr_target(inode)
+        if node.ino != CTL_INODE and ctx.uid not in (0, self._attr(node).uid):
+            raise _eperm()
+        if name == TTL_XATTR:
+            seconds = _parse_ttl(value)
+            if node.is_dir:
+                tree.set_dir_ttl(path, seconds)
+            else:
+                expires = tree.set_ttl(path, seconds)
+                self.expiring[node.ino] = expires
+                self.store.audit.log("ttl_set", session=node.session, tier=node.tier.value,
+                                     path=os.fsdecode(b"/".join(path)), ttl_seconds=seconds)
+            return
+        tree.setxattr(path, name, value)
+
+    @_guard
+    def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if not name.startswith(XATTR_PREFIX):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        node, tree, path = self._xattr_target(inode)
+        if name == TTL_XATTR:
+            if node.is_dir:
+                ttl = tree.get_dir_ttl(path) if path or node.session else None
+                if ttl is None:
+                    raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+                return _num(ttl)
+            expires = self._attr(node).expires_at
+            if expires is None:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            return _num(max(0, math.ceil(expires - self.store.clock.now())))
+        if name == b"user.tails.tier":
+            return node.tier.value.encode()
+        if name in READONLY_XATTRS:
+            if node.is_dir:
+                raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+            meta = self._meta_of(node, tree, path)
+            if name == b"user.tails.expires_at":
+                if meta.expires_at is None:
+                    raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+                return _num(meta.expires_at)
+            if name == b"user.tails.created":
+                return _num(meta.created)
+            if name == b"user.tails.memory_id":
+                return tree.memory_id(path, meta.created).encode("utf-8", "surrogateescape")
+            return _num(meta.access_count)
+        try:
+            return self._xattrs_of(node, tree, path)[name]
+        except KeyError:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
+
+    def _meta_of(self, node: Node, tree: Any, path: tuple[bytes, ...]):
+        for h in self.handles.values():
+            if isinstance(h, Handle) and h.node is node:
+                return _meta(h.inner)
+        return tree.meta(path)
+
+    def _xattrs_of(self, node: Node, tree: Any, path: tuple[bytes, ...]) -> dict[bytes, bytes]:
+        if not node.is_dir:
+            for h in self.handles.values():
+                if isinstance(h, Handle) and h.node is node:
+                    return dict(_meta(h.inner).xattrs)
+        return tree.getxattrs(path)
+
+    @_guard
+    def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self.inodes.get(inode)
+        if node.session is None:
+            return []
+        node, tree, path = self._xattr_target(inode)
+        try:
+            names = list(self._xattrs_of(node, tree, path))
+        except OSError as exc:
+            if exc.errno == errno.EPERM:  # symlinks hold no user attributes
+                return []
+            raise
+        if not node.is_dir and self._attr(node).expires_at is not None:
+            names.append(TTL_XATTR)  # copied by cp -a / rsync -X as "seconds left": the copy expires too
+        return names
+
+    @_guard
+    def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if not name.startswith(XATTR_PREFIX):
+            raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if name in READONLY_XATTRS:
+            raise _eperm()
+        node, tree, path = self._xattr_target(inode)
+        if name == TTL_XATTR:
+            if node.is_dir:
+                tree.set_dir_ttl(path, None)
+            elif node.tier is MemoryTier.EPHEMERAL:
+                raise _eperm()  # the ephemeral tier never holds a file without a TTL
+            else:
+                tree.set_ttl(path, None)
+                self.expiring.pop(node.ino, None)
+            return
+        tree.setxattr(path, name, None)
+
+    # -- filesystem -------------------------------------------------------------------------------
+    @_guard
+    def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        vfs = os.statvfs(self.store.base)
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = vfs.f_bsize
+        s.f_frsize = vfs.f_frsize
+        s.f_blocks = vfs.f_blocks
+        s.f_bfree = vfs.f_bfree
+        s.f_bavail = vfs.f_bavail
+        s.f_files = vfs.f_files
+        s.f_ffree = vfs.f_ffree
+        s.f_favail = vfs.f_favail
+        s.f_namemax = 255
+        return s
+
+    # -- control file ------------------------------------------------------------------------------
+    def _control(self, buf: bytes) -> bytes:
+        from ..control import execute
+        try:
+            request = json.loads(buf)
+            if not isinstance(request, dict):
+                raise ValueError
+        except ValueError:
+            return json.dumps({"error": "control request is not a JSON object", "kind": "usage"}).encode()
+        cmd = request.get("cmd")
+        if cmd == "emergency_wipe":
+            self.store.audit.log("emergency_wipe", face="mount")
+        response = execute(self.store, request)
+        if cmd == "status":
+            response.update(mounted=True, mountpoint=self.mountpoint, pid=os.getpid(),
+                            prune_interval=self.prune_interval, open_files=len(self.handles))
+        if cmd == "emergency_wipe" and self.on_emergency is not None:
+            self.on_emergency()
+        return json.dumps(response, default=str).encode()
+
+    # -- expiry ---------------------------------------------------------------------------------------
+    async def expiry_loop(self) -> None:
+        """Hide expired files from the kernel's caches at once; erase them every prune interval."""
+        last_prune = time.monotonic()
+        while True:
+            now = self.store.clock.now()
+            due = [ino for ino, t in self.expiring.items() if t <= now]
+            for ino in due:
+                del self.expiring[ino]
+                node = self.inodes.nodes.get(ino)
+                if node is not None and node.ino not in (ROOT, CTL_INODE):
+                    try:
+                        pyfuse3.invalidate_entry_async(node.parent, node.name)
+                    except Exception:  # invalidating a name the kernel forgot is harmless
+                        pass
+            if time.monotonic() - last_prune >= self.prune_interval:
+                last_prune = time.monotonic()
+                try:
+                    self.store.prune()
+                except Exception as exc:
+                    log.error("background prune failed: %s", type(exc).__name__)
+            nxt = min(self.expiring.values(), default=now + 1.0)
+            await trio.sleep(max(0.05, min(1.0, nxt - now, self.prune_interval)))
+
+    def close(self) -> None:
+        for fh, h in list(self.handles.items()):
+            if isinstance(h, Handle):
+                try:
+                    h.inner.release()
+                except Exception as exc:
+                    log.error("closing a handle at unmount failed: %s", type(exc).__name__)
+        self.handles.clear()
+
+
+def _meta(inner: Any):
+    return inner.of.ef.meta if hasattr(inner, "of") else inner.node.meta
+
+
+def _num(value: float) -> bytes:
+    return (str(int(value)) if float(value).is_integer() else f"{value:.3f}").encode()
+
+
+def _parse_ttl(value: bytes) -> float:
+    try:
+        return check_ttl(float(value.strip().decode("ascii")))
+    except (ValueError, UnicodeDecodeError):
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
