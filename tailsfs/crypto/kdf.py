@@ -47,12 +47,21 @@ class Argon2Params:
 
     MIN_MEMORY_KIB = 19 * 1024
     MIN_ITERATIONS = 2
+    # Upper bounds: a tampered key file must not make opening allocate unbounded memory.
+    MAX_MEMORY_KIB = 4 * 1024 * 1024
+    MAX_ITERATIONS = 64
+    MAX_LANES = 64
 
     def check(self) -> None:
         if self.memory_kib < self.MIN_MEMORY_KIB or self.iterations < self.MIN_ITERATIONS or self.lanes < 1:
             raise WeakParametersError(
                 f"Argon2id parameters too weak (memory {self.memory_kib} KiB, {self.iterations} passes, "
                 f"{self.lanes} lanes); minimum is {self.MIN_MEMORY_KIB} KiB and {self.MIN_ITERATIONS} passes"
+            )
+        if self.memory_kib > self.MAX_MEMORY_KIB or self.iterations > self.MAX_ITERATIONS or self.lanes > self.MAX_LANES:
+            raise WeakParametersError(
+                f"Argon2id parameters out of range (at most {self.MAX_MEMORY_KIB} KiB, {self.MAX_ITERATIONS} passes, "
+                f"{self.MAX_LANES} lanes): the key file may have been tampered with"
             )
 
     def as_dict(self) -> dict[str, int]:

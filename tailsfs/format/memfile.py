@@ -255,6 +255,11 @@ class EncryptedFile:
             return
         cs = self.chunk_size
         index, keep = divmod(new_size, cs)
+        # The smaller size reaches the header before the host file shrinks: a crash in
+        # between leaves chunks past the size (ignored), never a size past the chunks.
+        self.header.meta.size = new_size
+        self.meta_dirty = True
+        self.sync_meta()
         if keep:
             # Re-seal the cut chunk so the bytes past the new end are gone, not just hidden.
             plain = self._read_chunk(index)[:keep]
@@ -264,8 +269,6 @@ class EncryptedFile:
             self.backing.truncate(self._slot_at(index) + used)
         else:
             self.backing.truncate(self._slot_at(index))
-        self.header.meta.size = new_size
-        self.meta_dirty = True
 
     def trim_host(self) -> None:
         """Cut the host file to exactly the chunks the synced size covers."""
