@@ -33,7 +33,7 @@ from typing import Any, Callable
 from .crypto.names import LONG_PREFIX
 from .errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsError, StoreInUseError,
                      UnknownSessionError, WeakParametersError, WrongKeyError)
-from .store.disktree import DIR_FILE, SIDECAR_SUFFIX, DiskTree
+from .store.disktree import SIDECAR_SUFFIX, DiskTree
 from .store.engine import KEY_FILE, Store
 from .store.erase import overwrite_tree
 from .store.stats import store_stats
@@ -392,7 +392,9 @@ def execute(store: Store, request: dict[str, Any]) -> dict[str, Any]:
             return {"count": store.prune()}
         if cmd == "wipe_session":
             name = _require_session(store, request.get("session"))
-            return {"count": store.clear_session(name, secure=True)}
+            # counted here too: the engine's own count misses disk tiers (it drops the session first)
+            before = sum(1 for _ in store.iter_memories(name))
+            return {"count": max(before, store.clear_session(name, secure=True))}
         if cmd == "emergency_wipe":
             return emergency_wipe(store)
         if cmd == "fsck":

@@ -137,8 +137,9 @@ class Mount:
     def mount(self) -> None:
         env = dict(os.environ)
         env.update(self.env)
+        env["TAILSFS_BASE"] = str(self.base)
         proc = subprocess.run(self._mount_cmd(), capture_output=True, text=True, env=env, cwd=str(REPO),
-                              timeout=60)
+                              stdin=subprocess.DEVNULL, timeout=60)
         assert proc.returncode == 0, f"mount failed rc={proc.returncode}: {proc.stderr}\nlog:\n{self.log}"
         deadline = time.monotonic() + MOUNT_WAIT
         while not is_mounted(self.mp):
@@ -158,7 +159,8 @@ class Mount:
             self.pids.append(pid)
         ok = False
         if cli_has_mount():
-            r = subprocess.run([str(CLI), "umount", str(self.mp)], capture_output=True, text=True, timeout=90)
+            r = subprocess.run([str(CLI), "umount", str(self.mp)], capture_output=True, text=True,
+                               stdin=subprocess.DEVNULL, timeout=90)
             ok = r.returncode == 0
         else:
             from tailsfs.fuse.mount import umount_command

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn
 
 from . import exitcodes, secrets
-from .client import ControlError, request as control_request
+from .client import ControlError, is_tailsfs_mount, request as control_request
 
 PROG = "tailsfs"
 
@@ -164,7 +164,8 @@ class Target:
         self.args = args
         self.mountpoint: str | None = getattr(args, "mountpoint", None)
         if self.mountpoint and getattr(args, "base", None):
-            raise CliError("give a MOUNTPOINT or --base DIR, not both", "usage")
+            raise CliError("give a MOUNTPOINT or --base DIR, not both; a mounted store is reached through its "
+                           "MOUNTPOINT, an unmounted one through --base", "usage")
         self.store = None
 
     def __enter__(self) -> "Target":
@@ -295,7 +296,9 @@ def _tailsfs_mounts() -> list[str]:
             for line in fh:
                 fields = line.split()
                 if len(fields) >= 3 and "tailsfs" in (fields[0] + fields[2]):
-                    out.append(fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+                    mp = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+                    if is_tailsfs_mount(mp):
+                        out.append(mp)
     except OSError:
         pass
     return out
@@ -395,8 +398,8 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         details = e.get("details") or {}
         text = " ".join(f"{k}={v}" for k, v in details.items())
         print(f"{e.get('seq', ''):>6}  {_local_time(e.get('timestamp'))}  {e.get('event', ''):<16}  {text}".rstrip())
-    if not entries:
-        print("no matching audit entries", file=sys.stderr) if sys.stderr.isatty() else None
+    if not entries and sys.stderr.isatty():
+        print("no matching audit entries", file=sys.stderr)
     return exitcodes.OK
 
 
@@ -512,6 +515,8 @@ def cmd_fsck(args: argparse.Namespace) -> int:
             line = f"{', '.join(where + [subject])}: {p['problem']}"
             if p.get("moved_to"):
                 line += f" -> moved to {p['moved_to']}"
+            elif p.get("host"):
+                line += f" [{p['host']}]"
             print(f"PROBLEM  {line}")
         for note in report["notes"]:
             print(f"note     {note}")

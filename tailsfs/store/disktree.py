@@ -330,7 +330,10 @@ class DiskTree:
     def default_ttl(self, parent: Path_) -> float | None:
         """TTL for a new file: nearest directory default, else the tier's."""
         for depth in range(len(parent), -1, -1):
-            ttl = self._dirinfo(self._host(parent[:depth])).default_ttl
+            try:  # folders a write is about to create have no default yet
+                ttl = self._dirinfo(self._host(parent[:depth])).default_ttl
+            except (FileNotFoundError, NotADirectoryError):
+                continue
             if ttl is not None:
                 return ttl
         return self.store.tier_default_ttl(self.tier)

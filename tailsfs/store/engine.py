@@ -317,7 +317,8 @@ class Store:
         Returns the number of memories erased. ``secure=False`` skips the overwrite passes
         (the key is destroyed either way).
         """
-        count = 0
+        count = sum(1 for tier in DISK_TIERS if self.has_tier(name, tier)
+                    for _ in self.tree(name, tier).walk_files())
         ram = self._ram.pop(name, None)
         if ram is not None:
             count += sum(1 for _ in ram.walk_files())
@@ -329,8 +330,6 @@ class Store:
             self.audit.log("session_clear", session=name, count=count)
             return count
         for tier in DISK_TIERS:
-            if self.has_tier(name, tier):
-                count += sum(1 for _ in self.tree(name, tier).walk_files())
             t = self._trees.pop((name, tier), None)
             if t is not None:
                 t.close()

@@ -216,7 +216,10 @@ class RamTree:
 
     def default_ttl(self, parent: Path_) -> float | None:
         for depth in range(len(parent), -1, -1):
-            node = self._node(parent[:depth])
+            try:  # folders a write is about to create have no default yet
+                node = self._node(parent[:depth])
+            except (FileNotFoundError, NotADirectoryError):
+                continue
             if isinstance(node, RamDir) and node.default_ttl is not None:
                 return node.default_ttl
         return self.store.tier_default_ttl(MemoryTier.VOLATILE)
