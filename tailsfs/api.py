@@ -8,10 +8,12 @@
 """
 from __future__ import annotations
 
+import atexit
 import io
 import json
 import os
 import threading
+import weakref
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
@@ -68,6 +70,7 @@ class TailsMemoryManager:
         self._store = Store(self.base_path, passphrase=pw, user_key=encryption_key, config=config)
         self._lock = threading.RLock()
         self._store.audit.log("store_open", face="api")
+        _LIVE.add(self)
 
     # -- sessions --------------------------------------------------------------------
     def create_session(self, name: str) -> str:
@@ -206,7 +209,11 @@ class TailsMemoryManager:
                     _commit_aside(tree, handle, tmp, path)
                     self._store.audit.log("memory_write", memory_id=tree.memory_id(path, handle.of.ef.meta.created),
                                           tier=tier.value, size_bytes=handle.of.ef.size, session=session_id)
-                return io.BufferedWriter(_Stream(self, handle, commit), buffer_size=1 << 20)
+
+                def discard() -> None:  # a failed write never replaces the previous version
+                    handle.release()
+                    tree._trash(tmp)
+                return _Writer(_Stream(self, handle, commit, discard), buffer_size=1 << 20)
             buf = _VolatileWriter(lambda data: self.write_memory(session_id, key, data, tier, ttl_seconds))
             return buf  # type: ignore[return-value]
 
@@ -267,6 +274,19 @@ class TailsMemoryManager:
             pass
 
 
+_LIVE: "weakref.WeakSet[TailsMemoryManager]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close managers left open while the eraser thread still runs (from __del__ at shutdown it is frozen)."""
+    for manager in list(_LIVE):
+        try:
+            manager.close()
+        except Exception:
+            pass
+
+
 def handle_meta(handle):
     return handle.of.ef.meta if hasattr(handle, "of") else handle.node.meta
 
@@ -274,10 +294,13 @@ def handle_meta(handle):
 class _Stream(io.RawIOBase):
     """Raw file over an engine handle, for BufferedReader/BufferedWriter."""
 
-    def __init__(self, manager: TailsMemoryManager, handle, commit: Callable[[], None] | None) -> None:
+    def __init__(self, manager: TailsMemoryManager, handle, commit: Callable[[], None] | None,
+                 discard: Callable[[], None] | None = None) -> None:
         self._m = manager
         self._h = handle
         self._commit = commit
+        self._discard = discard
+        self.failed = False
         self._pos = 0
 
     def readable(self) -> bool:
@@ -297,8 +320,12 @@ class _Stream(io.RawIOBase):
         return len(data)
 
     def write(self, b) -> int:
-        with self._m._lock:
-            n = self._h.write(self._pos, b)
+        try:
+            with self._m._lock:
+                n = self._h.write(self._pos, b)
+        except BaseException:
+            self.failed = True
+            raise
         self._pos += n
         return n
 
@@ -320,12 +347,23 @@ class _Stream(io.RawIOBase):
             return
         try:
             with self._m._lock:
-                if self._commit is not None:
+                if self._commit is not None and self.failed and self._discard is not None:
+                    self._discard()
+                elif self._commit is not None:
                     self._commit()
                 else:
                     self._h.release()
         finally:
             super().close()
+
+
+class _Writer(io.BufferedWriter):
+    """A streamed write that is put in place only if its ``with`` block ends without an exception."""
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is not None:
+            self.raw.failed = True
+        return super().__exit__(exc_type, *rest)
 
 
 class _VolatileWriter(io.BytesIO):
@@ -338,6 +376,11 @@ class _VolatileWriter(io.BytesIO):
             data = self.getvalue()
             self._on_close(data)
         super().close()
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is not None:  # like the disk tiers: a failed block writes nothing
+            self._on_close = lambda data: None
+        return super().__exit__(exc_type, *rest)
 
 
 class MemoryEnabledTrainer:

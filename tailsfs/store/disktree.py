@@ -233,6 +233,11 @@ class DiskTree:
         key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
         return f"{self.session.name}:{key}:{created:.3f}"
 
+    def _what(self, path: Path_) -> str:
+        """How integrity errors name a memory: its session, key and tier."""
+        key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
+        return f"memory '{self.session.name}:{key}' in the {self.tier.value} tier"
+
     # -- attributes ---------------------------------------------------------------
     def _attr_of(self, host: Path, s: os.stat_result) -> Attr:
         if st.S_ISREG(s.st_mode):
@@ -264,7 +269,10 @@ class DiskTree:
 
     def getattr(self, path: Path_) -> Attr:
         host = self._host(path)
-        return self._attr_of(host, os.lstat(host))
+        try:
+            return self._attr_of(host, os.lstat(host))
+        except IntegrityError as exc:
+            raise IntegrityError(self._what(path), exc.detail) from None
 
     def listdir(self, path: Path_) -> Iterator[tuple[bytes, Attr]]:
         host = self._host(path)
@@ -300,6 +308,13 @@ class DiskTree:
         self._drop_sidecar(parent, name)
         self.store.audit.log("directory_delete", session=self.session.name, tier=self.tier.value,
                              path="/".join(p.decode("utf-8", "replace") for p in path))
+
+    def _trash(self, host: Path) -> None:
+        """Erase a leftover temporary file (a write that never completed)."""
+        s = os.lstat(host)
+        trash = self.store.trash_path()
+        os.rename(host, trash)
+        self._erase_trashed(trash, s)
 
     def _remove_empty_dir(self, host: Path) -> None:
         with os.scandir(host) as it:
@@ -375,7 +390,7 @@ class DiskTree:
         if of is None:
             fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
             try:
-                ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+                ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, self._what(path))
                 self._check_live(ef.meta)
                 self._heal_size(ef)
             except BaseException:
@@ -474,8 +489,12 @@ class DiskTree:
         return meta
 
     def _ensure_parent(self, path: Path_) -> None:
-        if not self._host(path[:-1]).is_dir():
-            self.makedirs(path[:-1])
+        try:
+            if self._host(path[:-1]).is_dir():
+                return
+        except FileNotFoundError:  # a missing folder above the parent: its .dir cannot be read
+            pass
+        self.makedirs(path[:-1])
 
     def makedirs(self, path: Path_) -> None:
         for depth in range(1, len(path) + 1):
