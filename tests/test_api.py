@@ -705,7 +705,7 @@ m.create_session("s")
 m.write_memory("s", "k", {{"v": 1}})
 m.write_memory("s", "k", {{"v": 2}})  # the old version goes to the eraser's queue
 """
-    proc = subprocess.run([sys.executable, "-c", code], timeout=60, capture_output=True)
+    proc = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True)
     assert proc.returncode == 0, proc.stderr
     with manager(base) as m:
         assert m.read_memory("s", "k") == {"v": 2}
