@@ -464,25 +464,15 @@ def cmd_passwd(args: argparse.Namespace) -> int:
 
 
 def cmd_rekey(args: argparse.Namespace) -> int:
-    from ..crypto.keyfile import Protection, describe
-    from ..crypto.kdf import Argon2Params
+    from ..crypto.keyfile import Protection
     store = open_store(args)
     progress = Progress("rekey: re-wrapping session keys")
     try:
-        passphrase, user_key = store._cli_secret
-        info = describe((store.base / ".memory_key").read_bytes())
-        if passphrase is not None:
-            a = info.get("argon2id", {})
-            if any(v is not None for v in (args.argon2_memory_kib, args.argon2_iterations, args.argon2_lanes)):
-                params = _argon2_params(args)
-            else:  # keep the cost the user chose at init/passwd
-                params = Argon2Params(iterations=int(a.get("iterations", 3)), lanes=int(a.get("lanes", 4)),
-                                      memory_kib=int(a.get("memory_kib", 64 * 1024)))
-            protection = Protection(passphrase=passphrase, params=params)
-        elif user_key is not None:
-            protection = Protection(user_key=user_key)
-        else:
-            protection = Protection()
+        passphrase, _user_key = store._cli_secret
+        protection = None  # the store keeps the current protection and its Argon2 cost
+        if passphrase is not None and any(
+                v is not None for v in (args.argon2_memory_kib, args.argon2_iterations, args.argon2_lanes)):
+            protection = Protection(passphrase=passphrase, params=_argon2_params(args))
         sessions = len(store.sessions)
         store.rekey(protection, on_progress=progress.update)
         progress.done()
@@ -657,7 +647,7 @@ def _missing_sub(args: argparse.Namespace, name: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns its exit code (see the table above)."""
+    """Run one command; returns its exit code (tailsfs/cli/exitcodes.py)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False))

@@ -10,7 +10,6 @@ the volatile tier and releases the store.
 from __future__ import annotations
 
 import ctypes
-import errno
 import logging
 import os
 import resource
@@ -24,7 +23,7 @@ import pyfuse3
 import trio
 
 from ..config import MountConfig, default_base, load_config, set_option
-from ..errors import StoreInUseError, TailsError, WrongKeyError, KeyFileError
+from ..errors import KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
 from .ops import TailsOperations
 
@@ -221,30 +220,10 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
 
 
 def _daemon_pid(mp: Path) -> int | None:
+    from ..cli.client import ControlError, request
     try:
-        from ..cli.client import request  # type: ignore[import-not-found]
-        return int(request(str(mp), {"cmd": "status"}).get("pid"))
-    except Exception:
-        pass
-    ctl = mp / ".tailsfs.ctl"
-    try:
-        fd = os.open(ctl, os.O_RDWR)
-    except OSError:
-        return None
-    try:
-        os.write(fd, b'{"cmd": "status"}')
-        data = b""
-        while True:
-            chunk = os.pread(fd, 65536, len(data))
-            if not chunk:
-                break
-            data += chunk
-    finally:
-        os.close(fd)
-    import json
-    try:
-        return int(json.loads(data).get("pid"))
-    except (ValueError, TypeError):
+        return int(request(str(mp), {"cmd": "status"})["pid"])
+    except (ControlError, KeyError, TypeError, ValueError):
         return None
 
 

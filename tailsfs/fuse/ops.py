@@ -22,7 +22,7 @@ from typing import Any, Callable
 import pyfuse3
 import trio
 
-from ..errors import IntegrityError, TailsError, UnknownSessionError
+from ..errors import IntegrityError, UnknownSessionError
 from ..store.engine import Store, check_session_name
 from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
@@ -102,6 +102,7 @@ class TailsOperations(pyfuse3.Operations):
         self.handles: dict[int, Handle | CtlHandle] = {}
         self.dir_snapshots: dict[int, list[tuple[bytes, Node, Attr]]] = {}
         self._dir_nodes: dict[int, Node] = {}
+        self.open_by_ino: dict[int, Handle] = {}  # any one open handle per inode: its size is the live one
         self._next_fh = 1
         self.expiring: dict[int, float] = {}
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -148,9 +149,9 @@ class TailsOperations(pyfuse3.Operations):
         if node.session is None:
             return self._virtual_dir(0o1777 if self.allow_other else 0o755,
                                      2 + len(self.store.tier_sessions(node.tier)))
-        for h in self.handles.values():
-            if isinstance(h, Handle) and h.node is node:
-                return h.inner.getattr()
+        h = self.open_by_ino.get(node.ino)
+        if h is not None:
+            return h.inner.getattr()
         if node.unlinked:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._tree(node).getattr(self.inodes.path(node))
@@ -162,6 +163,9 @@ class TailsOperations(pyfuse3.Operations):
         fh = self._next_fh
         self._next_fh += 1
         self.handles[fh] = h
+        if isinstance(h, Handle):
+            h.node.opens += 1
+            self.open_by_ino[h.node.ino] = h
         return fh
 
     # -- lookups ------------------------------------------------------------------------
@@ -217,7 +221,7 @@ class TailsOperations(pyfuse3.Operations):
         size = attr.st_size if fields.update_size else None
         h = self.handles.get(fh) if fh is not None else None
         if h is None:
-            h = next((x for x in self.handles.values() if isinstance(x, Handle) and x.node is node), None)
+            h = self.open_by_ino.get(node.ino)
         if size is not None and isinstance(h, Handle):
             h.inner.truncate(size)
             size = None
@@ -350,7 +354,6 @@ class TailsOperations(pyfuse3.Operations):
         inner = tree.create(path, mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid)
         node = self.inodes.child(parent, name, is_dir=False)
         node.lookups += 1
-        node.opens += 1
         fh = self._new_fh(Handle(node, inner, tree, path, reader=False))
         return self._file_info(fh, node, flags), self._entry(node, inner.getattr())
 
@@ -400,7 +403,6 @@ class TailsOperations(pyfuse3.Operations):
             count = tree.note_read(inner)
             self.store.audit.log("memory_read", memory_id=tree.memory_id(path, _meta(inner).created),
                                  tier=node.tier.value, access_count=count, session=node.session)
-        node.opens += 1
         return self._file_info(self._new_fh(Handle(node, inner, tree, path, reader)), node, flags)
 
     @_guard
@@ -437,6 +439,12 @@ class TailsOperations(pyfuse3.Operations):
             return
         node = h.node
         node.opens -= 1
+        if self.open_by_ino.get(node.ino) is h:
+            other = next((x for x in self.handles.values() if isinstance(x, Handle) and x.node is node), None)
+            if other is None:
+                del self.open_by_ino[node.ino]
+            else:
+                self.open_by_ino[node.ino] = other
         written = h.inner.release()
         if written:
             self.store.audit.log("memory_write", memory_id=h.tree.memory_id(self.inodes.path(node) if not node.unlinked else h.path,
@@ -576,16 +584,13 @@ class TailsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR) from None
 
     def _meta_of(self, node: Node, tree: Any, path: tuple[bytes, ...]):
-        for h in self.handles.values():
-            if isinstance(h, Handle) and h.node is node:
-                return _meta(h.inner)
-        return tree.meta(path)
+        h = self.open_by_ino.get(node.ino)
+        return _meta(h.inner) if h is not None else tree.meta(path)
 
     def _xattrs_of(self, node: Node, tree: Any, path: tuple[bytes, ...]) -> dict[bytes, bytes]:
-        if not node.is_dir:
-            for h in self.handles.values():
-                if isinstance(h, Handle) and h.node is node:
-                    return dict(_meta(h.inner).xattrs)
+        h = self.open_by_ino.get(node.ino)
+        if h is not None:
+            return dict(_meta(h.inner).xattrs)
         return tree.getxattrs(path)
 
     @_guard
@@ -690,6 +695,7 @@ class TailsOperations(pyfuse3.Operations):
                 except Exception as exc:
                     log.error("closing a handle at unmount failed: %s", type(exc).__name__)
         self.handles.clear()
+        self.open_by_ino.clear()
 
 
 def _meta(inner: Any):

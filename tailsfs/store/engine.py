@@ -26,10 +26,11 @@ from typing import Callable, Iterator
 
 from ..crypto import kdf
 from ..crypto.aead import Sealer, unwrap_key, wrap_key
-from ..crypto.keyfile import Protection, open_master, protection_kind, seal_master
+from ..crypto.kdf import Argon2Params
+from ..crypto.keyfile import Protection, describe, open_master, protection_kind, seal_master
 from ..crypto.secret import SecretKey
 from ..errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsError, StoreInUseError,
-                      UnknownSessionError, WrongKeyError)
+                      UnknownSessionError)
 from .audit import AuditLog
 from .clock import MonotonicWallClock
 from .disktree import DiskTree
@@ -457,14 +458,19 @@ class Store:
         rewritten to open under the new key; the new key file then replaces the old.
         A store opened mid-way finishes the job.
         """
-        protection = protection or Protection(passphrase=self._passphrase, user_key=self._user_key)
+        if protection is None:
+            protection = Protection(passphrase=self._passphrase, user_key=self._user_key)
+            argon = describe((self.base / KEY_FILE).read_bytes()).get("argon2id")
+            if argon:  # keep the cost chosen at init/passwd
+                protection.params = Argon2Params(iterations=int(argon["iterations"]), lanes=int(argon["lanes"]),
+                                                 memory_kib=int(argon["memory_kib"]))
         new = SecretKey(os.urandom(32))
         _write_private(self.base / NEXT_KEY_FILE, seal_master(new, protection))
         self._apply_new_master(new, on_progress)
         self.audit.log("key_change", operation="rekey")
 
     def _apply_new_master(self, new: SecretKey, on_progress: Callable[[int, int], None] | None = None) -> None:
-        old_audit_wrap, old_meta = self._audit_wrap, self._meta_sealer
+        old_audit_wrap = self._audit_wrap
         self.master = new
         self._derive()
         total = len(self.sessions)
