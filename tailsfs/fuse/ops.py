@@ -36,6 +36,7 @@ TTL_XATTR = b"user.tails.ttl"
 READONLY_XATTRS = (b"user.tails.tier", b"user.tails.expires_at", b"user.tails.created",
                    b"user.tails.memory_id", b"user.tails.access_count")
 TEST_FAULT_XATTR = b"user.tails.test.raise"
+TEST_IO_FAULT_XATTR = b"user.tails.test.fault"  # value "op:errno:count", e.g. "read:5:1"
 
 
 def _guard(fn: Callable) -> Callable:
@@ -55,6 +56,7 @@ def _guard(fn: Callable) -> Callable:
             code = exc.errno or errno.EIO
             if code == errno.EIO:
                 log.error("%s: I/O error from the store's disk", fn.__name__)
+                self.store.audit.log("io_error", operation=fn.__name__, detail=os.strerror(code))
             raise pyfuse3.FUSEError(code) from None
         except (ValueError, TypeError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
@@ -529,6 +531,10 @@ class TailsOperations(pyfuse3.Operations):
     def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         if self.test_faults and name == TEST_FAULT_XATTR:
             raise RuntimeError("fault injected for tests")
+        if self.test_faults and name == TEST_IO_FAULT_XATTR:
+            op, err, count = value.decode().split(":")
+            self.store.arm_io_fault(op, int(err), int(count))
+            return
         if not name.startswith(XATTR_PREFIX):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if name in READONLY_XATTRS:

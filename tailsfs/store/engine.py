@@ -29,6 +29,7 @@ from ..crypto.aead import Sealer, unwrap_key, wrap_key
 from ..crypto.kdf import Argon2Params
 from ..crypto.keyfile import Protection, describe, open_master, protection_kind, seal_master
 from ..crypto.secret import SecretKey
+from ..format.backing import FAULTS
 from ..errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsError, StoreInUseError,
                       UnknownSessionError)
 from .audit import AuditLog
@@ -353,6 +354,11 @@ class Store:
         vfs = os.statvfs(self.base)
         if nbytes + SPACE_MARGIN > vfs.f_bavail * vfs.f_frsize:
             raise NoSpaceError("no space left on the store's disk")
+
+    def arm_io_fault(self, op: str, err: int, count: int) -> None:
+        """Test hook: fail the next ``count`` backing-file ``op``s (read/write/sync/truncate)."""
+        FAULTS.arm(op, err, count)
+        log.warning("test fault armed: next %d %s operation(s) fail with errno %d", count, op, err)
 
     def charge_volatile(self, delta: int) -> None:
         if delta > 0 and self.volatile_used + delta > self.config.volatile_max_bytes:
