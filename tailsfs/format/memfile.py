@@ -170,15 +170,21 @@ class EncryptedFile:
 
     # -- byte ranges --------------------------------------------------------
     def read(self, offset: int, size: int) -> bytes:
+        return bytes(self.read_view(offset, size))
+
+    def read_view(self, offset: int, size: int) -> memoryview:
+        """The plaintext of a byte range, in a per-thread buffer valid until this thread's next read.
+
+        Lets a face hand the bytes straight to the kernel without one more 1 MiB copy.
+        """
         end = min(offset + size, self.size)
         if offset >= end:
-            return b""
+            return memoryview(b"")
         cs = self.chunk_size
         first, last = offset // cs, (end - 1) // cs
         buf = _scratch("in", (last - first + 1) * self.slot_size)
         buf = buf[: self.backing.preadinto(buf, self._slot_at(first))]
-        out = bytearray(end - offset)
-        view = memoryview(out)
+        view = _scratch("plain", end - offset)
         for index in range(first, last + 1):
             base = index * cs
             lo = offset - base if index == first else 0
@@ -194,7 +200,7 @@ class EncryptedFile:
             if len(plain) < hi:
                 raise IntegrityError(self.what, f"chunk {index} shorter than the file size says")
             view[base + lo - offset : base + hi - offset] = memoryview(plain)[lo:hi]
-        return bytes(out)
+        return view
 
     def write(self, offset: int, data: bytes | bytearray | memoryview) -> int:
         if offset < 0:

@@ -26,6 +26,7 @@ from ..config import MountConfig, default_base, load_config, set_option
 from ..errors import KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
 from .ops import TailsOperations
+from .tuning import set_readahead
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +131,13 @@ def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_k
     return store, ops
 
 
+async def _tune_after_init(ops: TailsOperations) -> None:
+    """Widen read-ahead once INIT is answered (the kernel clamps it to INIT's value)."""
+    while not ops.initialized:
+        await trio.sleep(0.01)
+    set_readahead(ops.mountpoint)
+
+
 def _serve(store: Store, ops: TailsOperations) -> int:
     """Run until unmounted or signalled; always release the store."""
     async def main() -> None:
@@ -141,6 +149,7 @@ def _serve(store: Store, ops: TailsOperations) -> int:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(sig, lambda *_a: trio_token.run_sync_soon(pyfuse3.terminate))
             nursery.start_soon(ops.expiry_loop)
+            nursery.start_soon(_tune_after_init, ops)
             await pyfuse3.main(min_tasks=2, max_tasks=16)
             nursery.cancel_scope.cancel()
 

@@ -100,6 +100,7 @@ class TailsOperations(pyfuse3.Operations):
         self.prune_interval = prune_interval
         self.allow_other = allow_other
         self.test_faults = test_faults
+        self.initialized = False
         self.inodes = InodeTable()
         self.handles: dict[int, Handle | CtlHandle] = {}
         self.dir_snapshots: dict[int, list[tuple[bytes, Node, Attr]]] = {}
@@ -408,11 +409,12 @@ class TailsOperations(pyfuse3.Operations):
         return self._file_info(self._new_fh(Handle(node, inner, tree, path, reader)), node, flags)
 
     @_guard
-    def read(self, fh: int, off: int, size: int) -> bytes:
+    def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         h = self.handles[fh]
         if isinstance(h, CtlHandle):
             return h.response[off : off + size]
-        return h.inner.read(off, size)
+        # a view into a reused buffer is safe: pyfuse3 replies before any other request runs
+        return h.inner.read_view(off, size)
 
     @_guard
     def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -692,6 +694,10 @@ class TailsOperations(pyfuse3.Operations):
                     log.error("background prune failed: %s", type(exc).__name__)
             nxt = min(self.expiring.values(), default=now + 1.0)
             await trio.sleep(max(0.05, min(1.0, nxt - now, self.prune_interval)))
+
+    def init(self) -> None:
+        """Called by pyfuse3 on the kernel's INIT, before its reply."""
+        self.initialized = True
 
     def close(self) -> None:
         for fh, h in list(self.handles.items()):

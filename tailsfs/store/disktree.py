@@ -87,6 +87,10 @@ class DiskHandle:
     def read(self, offset: int, size: int) -> bytes:
         return self.of.ef.read(offset, size)
 
+    def read_view(self, offset: int, size: int) -> memoryview:
+        """As read, without a copy; valid until the next read on this thread."""
+        return self.of.ef.read_view(offset, size)
+
     def write(self, offset: int, data: bytes | memoryview) -> int:
         ef = self.of.ef
         end = offset + len(data)

@@ -72,12 +72,14 @@ class RamHandle:
     def read(self, offset: int, size: int) -> bytes:
         return bytes(self.node.data[offset : offset + size])
 
+    def read_view(self, offset: int, size: int) -> bytearray:
+        """As read, with one copy fewer (a face hands it straight to the kernel)."""
+        return self.node.data[offset : offset + size]
+
     def write(self, offset: int, data: bytes | memoryview) -> int:
         if not data:  # a zero-byte write changes nothing, even past the end (POSIX)
             return 0
         node = self.node
-        if not data:  # as pwrite(2): writing nothing never extends the file
-            return 0
         end = offset + len(data)
         if end > len(node.data):
             self.tree.store.charge_volatile(end - len(node.data))
