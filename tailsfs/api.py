@@ -59,7 +59,7 @@ class TailsMemoryManager:
     """
 
     def __init__(self, base_path: str | os.PathLike = "tails_memory", encryption_key: bytes | str | None = None,
-                 passphrase: str | bytes | None = None, *, overwrite_passes: int = 3,
+                 passphrase: str | bytes | None = None, *, overwrite_passes: int = 1,
                  ephemeral_ttl: float = 24 * 3600.0, volatile_max_bytes: int = 1 << 30) -> None:
         if encryption_key is not None and passphrase is not None:
             raise ValueError("give encryption_key or passphrase, not both")

@@ -30,7 +30,7 @@ class MountConfig:
     ephemeral_ttl: float = 24 * 3600.0
     prune_interval: float = 60.0
     volatile_max_bytes: int = 1 << 30
-    overwrite_passes: int = 3
+    overwrite_passes: int = 1
     lock_memory: bool = False
     allow_other: bool = False
     log_level: str = "WARNING"

@@ -124,6 +124,9 @@ class DiskHandle:
         return self.of.tree._release(self.of)
 
 
+_EUID, _EGID = os.geteuid(), os.getegid()
+
+
 class DiskTree:
     """A session's directory tree in one disk tier."""
 
@@ -662,10 +665,10 @@ class DiskTree:
 
     # -- attributes that change ------------------------------------------------------------
     def _chown(self, host: Path, uid: int | None, gid: int | None, fd: int | None = None) -> None:
-        if uid is None and gid is None:
+        u = -1 if uid is None or uid == _EUID else uid
+        g = -1 if gid is None or gid == _EGID else gid
+        if u == -1 and g == -1:  # a new host file already belongs to the daemon
             return
-        u = -1 if uid is None else uid
-        g = -1 if gid is None else gid
         if fd is not None:
             os.fchown(fd, u, g)
         else:

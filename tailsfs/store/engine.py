@@ -46,11 +46,12 @@ log = logging.getLogger(__name__)
 KEY_FILE = ".memory_key"
 NEXT_KEY_FILE = ".memory_key.next"
 SPACE_MARGIN = 1 << 20
+SPACE_BUDGET_MAX = 64 << 20
 
 
 @dataclass
 class StoreConfig:
-    overwrite_passes: int = 3
+    overwrite_passes: int = 1
     ephemeral_ttl: float = 24 * 3600.0
     volatile_max_bytes: int = 1 << 30
 
@@ -178,6 +179,7 @@ class Store:
         self.ttl = TtlIndex(self.base / "ttl", self._ttl_sealer)
         self.eraser = Eraser(self.base / "trash", self.config.overwrite_passes)
         self.volatile_used = 0
+        self._space_budget = 0
         self._ram: dict[str, RamTree] = {}
         self._trees: dict[tuple[str, MemoryTier], DiskTree] = {}
         self.sessions: dict[str, Session] = {}
@@ -351,9 +353,17 @@ class Store:
 
     def ensure_space(self, nbytes: int) -> None:
         """Refuse (ENOSPC) a growth the host filesystem cannot hold, before writing anything."""
+        self._space_budget -= nbytes
+        if self._space_budget >= 0:
+            return  # far from full: a statvfs per 4 KiB write would cost more than the write
         vfs = os.statvfs(self.base)
-        if nbytes + SPACE_MARGIN > vfs.f_bavail * vfs.f_frsize:
+        free = vfs.f_bavail * vfs.f_frsize
+        if nbytes + SPACE_MARGIN > free:
+            self._space_budget = 0
             raise NoSpaceError("no space left on the store's disk")
+        # growth allowed before the next look: a small share of what is free now, so the
+        # check stays exact near full (others filling the disk still get ENOSPC from the write)
+        self._space_budget = min(SPACE_BUDGET_MAX, (free - SPACE_MARGIN - nbytes) // 16)
 
     def arm_io_fault(self, op: str, err: int, count: int) -> None:
         """Test hook: fail the next ``count`` backing-file ``op``s (read/write/sync/truncate)."""
