@@ -147,12 +147,11 @@ class TailsMemoryManager:
                     continue
                 tree = self._store.tree(session_id, t)
                 try:
-                    meta = tree.meta(path)
-                    tree.unlink(path)
+                    created = tree.unlink(path)
                 except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                     continue
                 found = True
-                self._store.audit.log("memory_delete", memory_id=tree.memory_id(path, meta.created), tier=t.value,
+                self._store.audit.log("memory_delete", memory_id=tree.memory_id(path, created), tier=t.value,
                                       session=session_id)
             self._store.eraser.drain()
         return found

@@ -465,11 +465,7 @@ class TailsOperations(pyfuse3.Operations):
         self._name_ok(name)
         tree = self._tree(parent)
         path = self.inodes.path(parent) + (name,)
-        try:
-            created = tree.meta(path).created
-        except OSError:
-            created = 0.0
-        tree.unlink(path)
+        created = tree.unlink(path)
         self.store.audit.log("memory_delete", memory_id=tree.memory_id(path, created), tier=parent.tier.value,
                              session=parent.session)
         ino = self.inodes.by_name.get((parent.ino, name))

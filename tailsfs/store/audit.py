@@ -37,7 +37,7 @@ def _evolve(key: bytes) -> bytes:
 
 def _mac(key: bytes, prev: bytes, seq: int, timestamp: str, event: str, details: str) -> bytes:
     body = json.dumps([seq, timestamp, event, details], separators=(",", ":")).encode()
-    return hmac.new(key, prev + body, hashlib.sha256).digest()
+    return hmac.digest(key, prev + body, "sha256")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class AuditLog:
         text = sealed.decode()
         mac = _mac(self._key, self._prev, seq, timestamp, event, text)
         line = json.dumps({"seq": seq, "timestamp": timestamp, "event": event, "details": text, "mac": mac.hex()})
-        day = now.strftime("%Y%m%d")
+        day = timestamp[:10].replace("-", "")  # the UTC date, as in the file name
         if day != self._fd_day:
             self._close_fd()
             self._fd = os.open(self.dir / f"audit_{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

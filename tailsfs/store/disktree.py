@@ -22,7 +22,7 @@ from ..crypto.aead import Sealer
 from ..crypto.names import LONG_PREFIX, NameCipher, b64d, b64e, is_long, long_name
 from ..errors import IntegrityError
 from ..format.backing import FdBacking
-from ..format.header import CODEC_RAW, HEADER_SIZE
+from ..format.header import CODEC_RAW, HEADER_SIZE, Header
 from ..format.memfile import EncryptedFile, raw_size_from_host
 from ..format.meta import KIND_BYTES, Meta
 from .erase import destroy_header
@@ -524,32 +524,37 @@ class DiskTree:
         os.rename(src, dst)
         self._erase_trashed(trash, s)
 
-    def _erase_trashed(self, trash: Path, s: os.stat_result) -> None:
-        """A regular file or symlink now only in the trash: crypto-erase it unless still open."""
+    def _erase_trashed(self, trash: Path, s: os.stat_result) -> float:
+        """Crypto-erase a regular file or symlink now only in the trash, unless still open.
+
+        Returns the memory's creation time (0.0 when unknown), which the audit
+        names it by: read from the header in the same open that destroys it.
+        """
+        created = 0.0
         if st.S_ISREG(s.st_mode):
-            self._forget_ttl_of(trash)
             of = self._open.get(s.st_ino)
             if of is not None:
+                self.store.ttl.remove(of.file_id)
                 of.trash = trash
-                return
-            fd = os.open(trash, os.O_WRONLY | os.O_NOFOLLOW)
+                return of.ef.meta.created
+            fd = os.open(trash, os.O_RDWR | os.O_NOFOLLOW)
             try:
+                created = self._forget_header(fd)
                 destroy_header(fd, sync=False)
             finally:
                 os.close(fd)
         self.store.eraser.submit(trash)
+        return created
 
-    def _forget_ttl_of(self, host: Path) -> None:
-        try:
-            fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError:
-            return
-        try:
-            raw = os.pread(fd, 28, 0)
-        finally:
-            os.close(fd)
-        if len(raw) == 28:
+    def _forget_header(self, fd: int) -> float:
+        """Drop a doomed memory's TTL entry; its creation time if its header authenticates."""
+        raw = os.pread(fd, HEADER_SIZE, 0)
+        if len(raw) >= 28:
             self.store.ttl.remove(raw[12:28].hex())
+        try:
+            return Header.decode(raw, self._wrap, self.tier.code, "a memory").meta.created
+        except (IntegrityError, ValueError):
+            return 0.0
 
     def _crypto_erase_open(self, of: OpenFile) -> None:
         self.store.ttl.remove(of.file_id)
@@ -560,7 +565,8 @@ class DiskTree:
         if of.trash is not None:
             self.store.eraser.submit(of.trash)
 
-    def unlink(self, path: Path_) -> None:
+    def unlink(self, path: Path_) -> float:
+        """Remove and crypto-erase a memory or symlink; returns its creation time (for the audit)."""
         parent, name, host = self._split(path)
         s = os.lstat(host)
         if st.S_ISDIR(s.st_mode):
@@ -568,7 +574,7 @@ class DiskTree:
         trash = self.store.trash_path()
         os.rename(host, trash)
         self._drop_sidecar(parent, name)
-        self._erase_trashed(trash, s)
+        return self._erase_trashed(trash, s)
 
     def expire(self, host_rel: str, file_id: str) -> bool:
         """Erase an expired memory found by the TTL index (header re-checked). True if erased."""

@@ -307,12 +307,15 @@ class RamTree:
         except FileNotFoundError:
             return False
 
-    def unlink(self, path: Path_) -> None:
+    def unlink(self, path: Path_) -> float:
+        """Remove a memory or symlink; returns its creation time (for the audit)."""
         parent, name = self._parent(path)
         node = self._node(path)
         if isinstance(node, RamDir):
             raise oserror(errno.EISDIR)
+        created = node.meta.created if isinstance(node, RamFile) else 0.0
         self._unlink_node(parent, name)
+        return created
 
     def _unlink_node(self, parent: RamDir, name: bytes) -> None:
         node = parent.children.pop(name)
