@@ -34,15 +34,13 @@ from .crypto.names import LONG_PREFIX
 from .errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsError, StoreInUseError,
                      UnknownSessionError, WeakParametersError, WrongKeyError)
 from .store.disktree import SIDECAR_SUFFIX, DiskTree
-from .store.engine import KEY_FILE, Store
-from .store.erase import overwrite_tree
+from .store.engine import KEY_FILE, LOST_AND_FOUND, Store
 from .store.stats import store_stats
 from .store.tiers import DISK_TIERS, MemoryTier
 
 log = logging.getLogger(__name__)
 
 KINDS = ("usage", "wrong_key", "integrity", "in_use", "not_mounted", "not_found", "other")
-LOST_AND_FOUND = "lost+found"
 
 
 class CommandError(Exception):
@@ -195,10 +193,7 @@ def emergency_wipe(store: Store) -> dict[str, Any]:
     def mark(_msg: str) -> None:
         when.append(iso(_dt.datetime.now(_dt.timezone.utc).timestamp()) or "")
 
-    lost = store.base / LOST_AND_FOUND
     count = store.emergency_wipe(on_progress=mark)
-    if lost.exists():  # fsck --repair's quarantine: ciphertext under destroyed keys, but remove it too
-        count += overwrite_tree(lost, store.config.overwrite_passes)
     if not when:
         mark("")
     return {"count": count, "unrecoverable_at": when[0]}

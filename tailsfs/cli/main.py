@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, NoReturn
@@ -321,8 +322,8 @@ def _print_status(doc: dict[str, Any], where: str) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    if args.mountpoint is None and not args.base:
-        mounts = _tailsfs_mounts()
+    if args.mountpoint is None and not args.base and not os.environ.get("TAILSFS_BASE"):
+        mounts = _tailsfs_mounts()  # no store named at all: show every mounted one
         if mounts:
             docs = {mp: control_request(mp, {"cmd": "status"}) for mp in mounts}
             if args.json:
@@ -424,6 +425,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 
 def cmd_wipe(args: argparse.Namespace) -> int:
+    if args.emergency and not getattr(args, "mountpoint", None):
+        return _wipe_emergency_unmounted(args)
     with Target(args) as target:
         if args.session is not None:
             target.run({"cmd": "stats", "session": args.session})  # unknown session: fail before asking
@@ -437,6 +440,22 @@ def cmd_wipe(args: argparse.Namespace) -> int:
         doc = target.run({"cmd": "emergency_wipe"})
     print(f"master key destroyed: every memory became unrecoverable at {_local_time(doc.get('unrecoverable_at'))}")
     print(f"{doc.get('count', 0)} files erased from {target.where}")
+    return exitcodes.OK
+
+
+def _wipe_emergency_unmounted(args: argparse.Namespace) -> int:
+    """An unmounted store is destroyed without its passphrase: an emergency must not wait for one."""
+    from ..store.engine import wipe_closed_store
+    base = _base_path(args)
+    _confirm("destroy", f"DESTROY the whole store at {base} (every session, the key, the audit trail)", args.yes)
+    when: list[float] = []
+    try:
+        count = wipe_closed_store(base, on_progress=lambda _msg: when.append(time.time()))
+    except FileNotFoundError:
+        raise CliError(f"no tailsfs store at {base}; give the right --base (stores are made by 'tailsfs init')",
+                       "not_found") from None
+    print(f"master key destroyed: every memory became unrecoverable at {_local_time(when[0] if when else time.time())}")
+    print(f"{count} files erased from {base}")
     return exitcodes.OK
 
 

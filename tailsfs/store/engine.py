@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 KEY_FILE = ".memory_key"
 NEXT_KEY_FILE = ".memory_key.next"
 SPACE_MARGIN = 1 << 20
+LOST_AND_FOUND = "lost+found"  # where fsck --repair moves what it cannot read
+STORE_DIRS = ("sessions", "ttl", "audit", "trash", LOST_AND_FOUND)
 SPACE_BUDGET_MAX = 64 << 20
 
 
@@ -157,13 +159,7 @@ class Store:
 
     # -- opening ------------------------------------------------------------------------
     def _lock(self) -> int:
-        fd = os.open(self.base / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreInUseError(f"store {self.base} is in use by another process (mounted, or open in a program)") from None
-        return fd
+        return _lock_store(self.base)
 
     def _open(self, passphrase: bytes | None, user_key: bytes | str | None) -> None:
         key_path = self.base / KEY_FILE
@@ -424,14 +420,7 @@ class Store:
     # -- whole-store operations ---------------------------------------------------------
     def emergency_wipe(self, on_progress: Callable[[str], None] | None = None) -> int:
         """Destroy the master key first (everything unrecoverable), then erase everything."""
-        for name in (KEY_FILE, NEXT_KEY_FILE):
-            p = self.base / name
-            if p.exists():
-                overwrite(p, max(1, self.config.overwrite_passes))
-        _fsync_dir(self.base)
         self.master.destroy()
-        if on_progress:
-            on_progress("master key destroyed: the store is unrecoverable")
         count = 0
         for ram in self._ram.values():
             count += sum(1 for _ in ram.walk_files())
@@ -445,11 +434,7 @@ class Store:
         self.sessions.clear()
         self.audit._close_fd()
         self.eraser.close()
-        for name in ("sessions", "ttl", "audit", "trash"):
-            count += overwrite_tree(self.base / name, self.config.overwrite_passes)
-        state = self.base / "state"
-        if state.exists():
-            overwrite(state, 1)
+        count += destroy_store_files(self.base, self.config.overwrite_passes, on_progress)
         self.closed = True
         os.close(self._lock_fd)
         try:
@@ -594,3 +579,52 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _lock_store(base: Path) -> int:
+    """Take the store's lock (one process at a time: the daemon or a program)."""
+    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreInUseError(f"store {base} is in use by another process (mounted, or open in a program)") from None
+    return fd
+
+
+def destroy_store_files(base: Path, passes: int, on_progress: Callable[[str], None] | None = None) -> int:
+    """Key files first (nothing is recoverable from then on), then every other file of the store.
+
+    Needs no key: an emergency must not wait for a passphrase. Returns the files erased.
+    """
+    base = Path(base)
+    for name in (KEY_FILE, NEXT_KEY_FILE):
+        p = base / name
+        if p.exists():
+            overwrite(p, max(1, passes))
+    _fsync_dir(base)
+    if on_progress:
+        on_progress("master key destroyed: the store is unrecoverable")
+    count = 0
+    for name in STORE_DIRS:
+        count += overwrite_tree(base / name, passes)
+    state = base / "state"
+    if state.exists():
+        overwrite(state, 1)
+    return count
+
+
+def wipe_closed_store(base: Path, passes: int = 1, on_progress: Callable[[str], None] | None = None) -> int:
+    """Emergency wipe of a store no process has open, without its key or passphrase."""
+    base = Path(base)
+    if not store_exists(base) and not any((base / d).exists() for d in STORE_DIRS):
+        raise FileNotFoundError(f"no tailsfs store at {base}")
+    fd = _lock_store(base)
+    try:
+        return destroy_store_files(base, passes, on_progress)
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(base / ".lock")
+        except FileNotFoundError:
+            pass
