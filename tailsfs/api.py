@@ -103,7 +103,7 @@ class TailsMemoryManager:
                 ttl = tree.default_ttl(path[:-1]) if tier is MemoryTier.EPHEMERAL else None
             meta = tree.write_all(path, payload, ttl, kind)
             memory_id = tree.memory_id(path, meta.created)
-            self._store.audit.log("memory_write", memory_id=memory_id, tier=tier.value, size_bytes=len(payload),
+            self._store.audit.record("memory_write", memory_id=memory_id, tier=tier.value, size_bytes=len(payload),
                                   session=session_id, ttl_seconds=ttl)
             return memory_id
 
@@ -132,7 +132,7 @@ class TailsMemoryManager:
                 data, meta = tree.read_all(path)
             except FileNotFoundError:
                 return None
-            self._store.audit.log("memory_read", memory_id=tree.memory_id(path, meta.created), tier=tree.tier.value,
+            self._store.audit.record("memory_read", memory_id=tree.memory_id(path, meta.created), tier=tree.tier.value,
                                   access_count=meta.access_count, session=session_id)
         return json.loads(data) if meta.kind == KIND_JSON else data
 
@@ -151,7 +151,7 @@ class TailsMemoryManager:
                 except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                     continue
                 found = True
-                self._store.audit.log("memory_delete", memory_id=tree.memory_id(path, created), tier=t.value,
+                self._store.audit.record("memory_delete", memory_id=tree.memory_id(path, created), tier=t.value,
                                       session=session_id)
             self._store.eraser.drain()
         return found
@@ -171,7 +171,7 @@ class TailsMemoryManager:
             new = dst.write_all(path, data, ttl, meta.kind)
             src.unlink(path)
             memory_id = dst.memory_id(path, new.created)
-            self._store.audit.log("tier_move", memory_id=memory_id, session=session_id,
+            self._store.audit.record("tier_move", memory_id=memory_id, session=session_id,
                                   from_tier=src.tier.value, tier=dst.tier.value)
             return memory_id
 
@@ -194,7 +194,7 @@ class TailsMemoryManager:
                     raise FileNotFoundError(f"no memory {key!r} in session {session_id!r}")
                 handle = tree.open(path, writable=False)
                 count = tree.note_read(handle)
-                self._store.audit.log("memory_read", memory_id=tree.memory_id(path, handle_meta(handle).created),
+                self._store.audit.record("memory_read", memory_id=tree.memory_id(path, handle_meta(handle).created),
                                       tier=tree.tier.value, access_count=count, session=session_id)
                 return io.BufferedReader(_Stream(self, handle, None), buffer_size=1 << 20)
             tier = MemoryTier(tier)
@@ -206,7 +206,7 @@ class TailsMemoryManager:
 
                 def commit() -> None:
                     _commit_aside(tree, handle, tmp, path)
-                    self._store.audit.log("memory_write", memory_id=tree.memory_id(path, handle.of.ef.meta.created),
+                    self._store.audit.record("memory_write", memory_id=tree.memory_id(path, handle.of.ef.meta.created),
                                           tier=tier.value, size_bytes=handle.of.ef.size, session=session_id)
 
                 def discard() -> None:  # a failed write never replaces the previous version
@@ -229,7 +229,7 @@ class TailsMemoryManager:
     def emergency_wipe(self) -> None:
         """Destroy the master key (unrecoverable at once), then erase every file of the store."""
         with self._lock:
-            self._store.audit.log("emergency_wipe")
+            self._store.audit.record("emergency_wipe")
             self._store.emergency_wipe()
 
     def get_memory_stats(self, session_id: str | None = None) -> dict[str, Any]:

@@ -48,7 +48,7 @@ def _guard(fn: Callable) -> Callable:
             raise
         except IntegrityError as exc:
             log.error("%s: integrity check failed (%s); answering EIO", fn.__name__, exc.detail)
-            self.store.audit.log("integrity_error", operation=fn.__name__, detail=exc.detail)
+            self.store.audit.record("integrity_error", operation=fn.__name__, detail=exc.detail)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except UnknownSessionError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
@@ -56,7 +56,7 @@ def _guard(fn: Callable) -> Callable:
             code = exc.errno or errno.EIO
             if code == errno.EIO:
                 log.error("%s: I/O error from the store's disk", fn.__name__)
-                self.store.audit.log("io_error", operation=fn.__name__, detail=os.strerror(code))
+                self.store.audit.record("io_error", operation=fn.__name__, detail=os.strerror(code))
             raise pyfuse3.FUSEError(code) from None
         except (ValueError, TypeError):
             raise pyfuse3.FUSEError(errno.EINVAL) from None
@@ -267,7 +267,7 @@ class TailsOperations(pyfuse3.Operations):
             attr = self._tree(parent).mkdir(self.inodes.path(parent) + (name,), mode & ~ctx.umask, ctx.uid, ctx.gid)
         node = self.inodes.child(parent, name, is_dir=True)
         node.lookups += 1
-        self.store.audit.log("directory_create", session=node.session, tier=node.tier.value,
+        self.store.audit.record("directory_create", session=node.session, tier=node.tier.value,
                              path=os.fsdecode(b"/".join(self.inodes.path(node))))
         return self._entry(node, attr)
 
@@ -404,7 +404,7 @@ class TailsOperations(pyfuse3.Operations):
         reader = accmode in (os.O_RDONLY, os.O_RDWR)
         if reader:
             count = tree.note_read(inner)
-            self.store.audit.log("memory_read", memory_id=tree.memory_id(path, _meta(inner).created),
+            self.store.audit.record("memory_read", memory_id=tree.memory_id(path, _meta(inner).created),
                                  tier=node.tier.value, access_count=count, session=node.session)
         return self._file_info(self._new_fh(Handle(node, inner, tree, path, reader)), node, flags)
 
@@ -451,7 +451,7 @@ class TailsOperations(pyfuse3.Operations):
                 self.open_by_ino[node.ino] = other
         written = h.inner.release()
         if written:
-            self.store.audit.log("memory_write", memory_id=h.tree.memory_id(self.inodes.path(node) if not node.unlinked else h.path,
+            self.store.audit.record("memory_write", memory_id=h.tree.memory_id(self.inodes.path(node) if not node.unlinked else h.path,
                                                                              _meta(h.inner).created),
                                  tier=node.tier.value, size_bytes=written, session=node.session)
         self.inodes._maybe_drop(node)
@@ -466,7 +466,7 @@ class TailsOperations(pyfuse3.Operations):
         tree = self._tree(parent)
         path = self.inodes.path(parent) + (name,)
         created = tree.unlink(path)
-        self.store.audit.log("memory_delete", memory_id=tree.memory_id(path, created), tier=parent.tier.value,
+        self.store.audit.record("memory_delete", memory_id=tree.memory_id(path, created), tier=parent.tier.value,
                              session=parent.session)
         ino = self.inodes.by_name.get((parent.ino, name))
         if ino is not None:
@@ -492,7 +492,7 @@ class TailsOperations(pyfuse3.Operations):
         old_path = self.inodes.path(old_parent) + (name_old,)
         new_path = self.inodes.path(new_parent) + (name_new,)
         tree.rename(old_path, new_path, noreplace=bool(flags & pyfuse3.RENAME_NOREPLACE))
-        self.store.audit.log("memory_rename", session=old_parent.session, tier=old_parent.tier.value,
+        self.store.audit.record("memory_rename", session=old_parent.session, tier=old_parent.tier.value,
                              path=os.fsdecode(b"/".join(old_path)), new_path=os.fsdecode(b"/".join(new_path)))
         target = self.inodes.by_name.get((new_parent.ino, name_new))
         if target is not None:
@@ -547,7 +547,7 @@ class TailsOperations(pyfuse3.Operations):
             else:
                 expires = tree.set_ttl(path, seconds)
                 self.expiring[node.ino] = expires
-                self.store.audit.log("ttl_set", session=node.session, tier=node.tier.value,
+                self.store.audit.record("ttl_set", session=node.session, tier=node.tier.value,
                                      path=os.fsdecode(b"/".join(path)), ttl_seconds=seconds)
             return
         tree.setxattr(path, name, value)
@@ -658,7 +658,7 @@ class TailsOperations(pyfuse3.Operations):
             return json.dumps({"error": "control request is not a JSON object", "kind": "usage"}).encode()
         cmd = request.get("cmd")
         if cmd == "emergency_wipe":
-            self.store.audit.log("emergency_wipe", face="mount")
+            self.store.audit.record("emergency_wipe", face="mount")
         response = execute(self.store, request)
         if cmd == "status":
             response.update(mounted=True, mountpoint=self.mountpoint, pid=os.getpid(),

@@ -20,6 +20,7 @@ import datetime as _dt
 import hashlib
 import hmac
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..crypto.aead import Sealer
 from ..errors import IntegrityError
 
 _GENESIS = b"\0" * 32
+log = logging.getLogger(__name__)
 
 
 def _evolve(key: bytes) -> bytes:
@@ -100,8 +102,29 @@ class AuditLog:
             self._close_fd()
             self._fd = os.open(self.dir / f"audit_{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fd_day = day
-        os.write(self._fd, (line + "\n").encode())
+        self._append((line + "\n").encode())
         self.seq, self._prev, self._key = seq, mac, _evolve(self._key)
+
+    def _append(self, data: bytes) -> None:
+        """A whole line or nothing: a write cut short by a full disk is cut back off the trail."""
+        end = os.lseek(self._fd, 0, os.SEEK_END)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError:
+            if done:
+                os.ftruncate(self._fd, end)
+            raise
+
+    def record(self, event: str, **details: Any) -> bool:
+        """Log what already happened: a full disk costs the line (logged as an error), not the operation."""
+        try:
+            self.log(event, **details)
+        except OSError as exc:
+            log.error("audit event %s not recorded: %s", event, exc.strerror)
+            return False
+        return True
 
     def checkpoint(self) -> None:
         """Record the chain's head so truncation of the trail is detected."""

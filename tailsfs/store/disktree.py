@@ -313,7 +313,7 @@ class DiskTree:
             raise oserror(errno.ENOTDIR)
         self._remove_empty_dir(host)
         self._drop_sidecar(parent, name)
-        self.store.audit.log("directory_delete", session=self.session.name, tier=self.tier.value,
+        self.store.audit.record("directory_delete", session=self.session.name, tier=self.tier.value,
                              path="/".join(p.decode("utf-8", "replace") for p in path))
 
     def _trash(self, host: Path) -> None:
@@ -365,14 +365,24 @@ class DiskTree:
                ttl: float | None = None, kind: int = KIND_BYTES) -> DiskHandle:
         parent, name, host = self._split(path)
         self._write_sidecar(parent, name, path[-1])
-        fd = os.open(host, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+        # Header first, under a temporary name: a kill mid-create must not leave a header-less file
+        # under the real name (it would answer EIO). link() refuses an existing name, as O_EXCL did.
+        tmp = parent / (TMP_PREFIX + os.urandom(8).hex())
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         try:
-            self._chown(host, uid, gid, fd)
+            self._chown(tmp, uid, gid, fd)
             of = self._new_file(fd, path, host, ttl if ttl is not None else self.default_ttl(path[:-1]), kind)
+            try:
+                os.link(tmp, host)
+            except BaseException:
+                del self._open[of.ino]
+                self.store.ttl.remove(of.file_id)
+                raise
         except BaseException:
             os.close(fd)
-            os.unlink(host)
+            os.unlink(tmp)
             raise
+        os.unlink(tmp)
         return DiskHandle(of, True)
 
     def _new_file(self, fd: int, path: Path_, host: Path, ttl: float | None, kind: int) -> OpenFile:
@@ -423,6 +433,29 @@ class DiskTree:
         host_size = ef.backing.size()
         if raw_size_from_host(host_size, ef.chunk_size) != ef.size:
             ef.trim_host()
+
+    def heal_sizes(self) -> None:
+        """After an unclean close: erase half-made temporaries, cut raw memories to their synced size.
+
+        A killed write-aside leaves a ``.tmp-`` file no name reaches (still readable with the
+        session key, so erased, not just left); a killed writer leaves chunks past the synced
+        size, which stat would count.
+        """
+        for dirpath, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    self._trash(Path(dirpath, name))
+        for _path, host in self.walk_files():
+            try:
+                fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
+            except OSError:
+                continue
+            try:
+                self._heal_size(EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory"))
+            except (IntegrityError, OSError) as exc:  # fsck reports what does not open
+                log.warning("could not trim a memory after an unclean close: %s", exc)
+            finally:
+                os.close(fd)
 
     def _release(self, of: OpenFile) -> int:
         of.refs -= 1

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 
 KEY_FILE = ".memory_key"
 NEXT_KEY_FILE = ".memory_key.next"
+OPEN_MARKER = ".open"  # present while a process has the store open: found at open, the last owner was killed
 SPACE_MARGIN = 1 << 20
 LOST_AND_FOUND = "lost+found"  # where fsck --repair moves what it cannot read
 STORE_DIRS = ("sessions", "ttl", "audit", "trash", LOST_AND_FOUND)
@@ -188,6 +189,25 @@ class Store:
                 log.error("session record %s does not open: %s", sdir.name, exc)
                 self.damaged_sessions.append(sdir.name)
         self.closed = False
+        self._recover_unclean_close()
+
+    def _recover_unclean_close(self) -> None:
+        """After a kill, trim chunks written past each raw memory's synced size before anything is served.
+
+        stat takes a raw memory's size from its host file: left alone, such chunks show as a larger
+        size (read back as zeros through the kernel's cache, appended to after) until the file is opened.
+        """
+        marker = self.base / OPEN_MARKER
+        if marker.exists():
+            for name in list(self.sessions):
+                for tier in DISK_TIERS:
+                    if self.has_tier(name, tier):
+                        tree = self.tree(name, tier)
+                        assert isinstance(tree, DiskTree)
+                        tree.heal_sizes()
+            return
+        marker.touch(mode=0o600)
+        _fsync_dir(self.base)
 
     def _derive(self) -> None:
         self._session_wrap = kdf.derive(self.master, kdf.LABEL_SESSION_WRAP)
@@ -256,7 +276,7 @@ class Store:
         _write_private(sdir / "key", self._session_record(sid, key, name, created, self._session_wrap, self._meta_sealer))
         s = Session(name, sid, sdir, key, created)
         self.sessions[name] = s
-        self.audit.log("session_create", session=name)
+        self.audit.record("session_create", session=name)
         return s
 
     def session(self, name: str) -> Session:
@@ -327,7 +347,7 @@ class Store:
         if s is None:
             if ram is None:
                 raise UnknownSessionError(f"unknown session {name!r}")
-            self.audit.log("session_clear", session=name, count=count)
+            self.audit.record("session_clear", session=name, count=count)
             return count
         for tier in DISK_TIERS:
             t = self._trees.pop((name, tier), None)
@@ -340,7 +360,7 @@ class Store:
         trash = self.trash_path()
         os.rename(s.dir, trash)
         overwrite_tree(trash, self.config.overwrite_passes if secure else 0)
-        self.audit.log("session_clear", session=name, count=count, secure=secure)
+        self.audit.record("session_clear", session=name, count=count, secure=secure)
         return count
 
     # -- space, trash, defaults ------------------------------------------------------------
@@ -408,7 +428,7 @@ class Store:
         for ram in self._ram.values():
             count += ram.prune(now)
         if count:
-            self.audit.log("pruned_expired", count=count)
+            self.audit.record("pruned_expired", count=count)
         self.save_state()
         self.audit.checkpoint()
         return count
@@ -447,7 +467,7 @@ class Store:
         """Re-wrap the same master key (a new passphrase, a key, or none)."""
         _write_private(self.base / KEY_FILE, seal_master(self.master, protection))
         self._passphrase, self._user_key = protection.passphrase, protection.user_key
-        self.audit.log("key_change", operation="passwd", protection=protection.kind)
+        self.audit.record("key_change", operation="passwd", protection=protection.kind)
 
     def protection(self) -> str:
         return protection_kind((self.base / KEY_FILE).read_bytes())
@@ -468,7 +488,7 @@ class Store:
         new = SecretKey(os.urandom(32))
         _write_private(self.base / NEXT_KEY_FILE, seal_master(new, protection))
         self._apply_new_master(new, on_progress)
-        self.audit.log("key_change", operation="rekey")
+        self.audit.record("key_change", operation="rekey")
 
     def _apply_new_master(self, new: SecretKey, on_progress: Callable[[int, int], None] | None = None) -> None:
         old_audit_wrap = self._audit_wrap
@@ -568,6 +588,7 @@ class Store:
             self.eraser.close()
             self.save_state()
             self.audit.close()
+            (self.base / OPEN_MARKER).unlink(missing_ok=True)
             for s in self.sessions.values():
                 s.key.destroy()
             self.master.destroy()
@@ -611,6 +632,7 @@ def destroy_store_files(base: Path, passes: int, on_progress: Callable[[str], No
     state = base / "state"
     if state.exists():
         overwrite(state, 1)
+    (base / OPEN_MARKER).unlink(missing_ok=True)
     return count
 
 
