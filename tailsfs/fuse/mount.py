@@ -39,10 +39,19 @@ class MountError(Exception):
         self.code = code
 
 
-def _is_mounted(path: Path) -> bool:
-    target = str(path.resolve())
+def _fs_type(path: Path) -> str | None:
+    """The type of the filesystem mounted at ``path`` (the top one), None if nothing is."""
+    target, found = str(path.resolve()), None
     with open("/proc/mounts") as fh:
-        return any(line.split()[1] == target for line in fh if len(line.split()) > 1)
+        for line in fh:
+            fields = line.split()
+            if len(fields) > 2 and fields[1] == target:
+                found = fields[2]
+    return found
+
+
+def _is_mounted(path: Path) -> bool:
+    return _fs_type(path) is not None
 
 
 def _check_mountpoint(mp: Path) -> None:
@@ -241,6 +250,10 @@ def umount_command(mountpoint: str, timeout: float = 60.0) -> int:
     mp = Path(mountpoint).absolute()
     if not mp.exists() or not _is_mounted(mp):
         print(f"tailsfs: {mp} is not mounted", file=sys.stderr)
+        return EXIT_NOT_MOUNTED
+    if _fs_type(mp) != "fuse.tailsfs":
+        print(f"tailsfs: {mp} is mounted but is not a tailsfs filesystem; check the mountpoint "
+              f"(umount(8) unmounts other filesystems)", file=sys.stderr)
         return EXIT_NOT_MOUNTED
     pid = _daemon_pid(mp)
     os.sync()

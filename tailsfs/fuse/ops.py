@@ -83,10 +83,11 @@ class Handle:
 class CtlHandle:
     """The control file: a JSON request written, a JSON response read back."""
 
-    __slots__ = ("response",)
+    __slots__ = ("response", "stop")
 
     def __init__(self) -> None:
         self.response = b""
+        self.stop = False  # after an emergency wipe: unmount once the caller has read the answer
 
 
 class TailsOperations(pyfuse3.Operations):
@@ -421,6 +422,7 @@ class TailsOperations(pyfuse3.Operations):
         h = self.handles[fh]
         if isinstance(h, CtlHandle):
             h.response = self._control(buf)
+            h.stop = self.store.closed
             return len(buf)
         return h.inner.write(off, buf)
 
@@ -439,6 +441,8 @@ class TailsOperations(pyfuse3.Operations):
     @_guard
     def release(self, fh: int) -> None:
         h = self.handles.pop(fh, None)
+        if isinstance(h, CtlHandle) and h.stop and self.on_emergency is not None:
+            self.on_emergency()
         if not isinstance(h, Handle):
             return
         node = h.node
@@ -624,7 +628,9 @@ class TailsOperations(pyfuse3.Operations):
             if node.is_dir:
                 tree.set_dir_ttl(path, None)
             elif node.tier is MemoryTier.EPHEMERAL:
-                raise _eperm()  # the ephemeral tier never holds a file without a TTL
+                # the ephemeral tier never holds a file without a TTL: removing it restores the default
+                # (rsync -X and cp -a remove the attributes their source lacks)
+                self.expiring[node.ino] = tree.set_ttl(path, tree.default_ttl(path[:-1]))
             else:
                 tree.set_ttl(path, None)
                 self.expiring.pop(node.ino, None)
@@ -663,9 +669,21 @@ class TailsOperations(pyfuse3.Operations):
         if cmd == "status":
             response.update(mounted=True, mountpoint=self.mountpoint, pid=os.getpid(),
                             prune_interval=self.prune_interval, open_files=len(self.handles))
-        if cmd == "emergency_wipe" and self.on_emergency is not None:
-            self.on_emergency()
+        if cmd == "wipe_session" and "error" not in response:
+            self._forget_session(request["session"])
         return json.dumps(response, default=str).encode()
+
+    def _forget_session(self, name: str) -> None:
+        """A wiped session is gone from every tier: drop its names from the kernel's caches too."""
+        raw = os.fsencode(name)
+        for tier_ino in TIER_INODES.values():
+            ino = self.inodes.by_name.get((tier_ino, raw))
+            if ino is not None:
+                self.inodes.detach(self.inodes.get(ino))
+            try:
+                pyfuse3.invalidate_entry_async(tier_ino, raw, ignore_enoent=True)
+            except Exception:  # noqa: BLE001 - a name the kernel never saw
+                pass
 
     # -- expiry ---------------------------------------------------------------------------------------
     async def expiry_loop(self) -> None:
