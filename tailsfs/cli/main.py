@@ -681,6 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say_error("interrupted; nothing more was done")
         return exitcodes.FAILURE
+    except BrokenPipeError:  # the reader went away ('tailsfs stats | head'): not a failure of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.OK
     except Exception as exc:  # every failure: one line, one exit code
         from .. import control
         if debug:
