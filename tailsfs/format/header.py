@@ -117,4 +117,6 @@ class Header:
         return raw + bytes(HEADER_SIZE - len(raw))
 
     def meta_fits(self, meta: Meta) -> bool:
+        if sum(Meta.xattr_cost(k, v) for k, v in meta.xattrs.items()) > MAX_META:
+            return False  # checked first: a value over 65535 bytes does not fit the u16 length in encode()
         return len(meta.encode()) <= MAX_META

@@ -259,8 +259,19 @@ class EncryptedFile:
             return
         if new_size == self.size:
             return
-        cs = self.chunk_size
-        index, keep = divmod(new_size, cs)
+        index, keep = divmod(new_size, self.chunk_size)
+        old_size = self.size
+        old_slot = self.backing.pread(self.slot_size, self._slot_at(index)) if keep else b""
+        try:
+            self._shrink(new_size, index, keep)
+        except OSError:
+            try:
+                self._undo_shrink(old_size, index, old_slot)
+            except OSError:
+                pass  # the disk refuses even that: the next open trims to the header's size
+            raise
+
+    def _shrink(self, new_size: int, index: int, keep: int) -> None:
         # The smaller size reaches the header before the host file shrinks: a crash in
         # between leaves chunks past the size (ignored), never a size past the chunks.
         self.header.meta.size = new_size
@@ -275,6 +286,14 @@ class EncryptedFile:
             self.backing.truncate(self._slot_at(index) + used)
         else:
             self.backing.truncate(self._slot_at(index))
+
+    def _undo_shrink(self, old_size: int, index: int, old_slot: bytes) -> None:
+        """A shrink failed half-way: put the cut chunk and the old size back, so the file is the old one."""
+        self.header.meta.size = old_size
+        self.meta_dirty = True
+        if old_slot:
+            self.backing.pwrite(old_slot, self._slot_at(index))
+        self.sync_meta()
 
     def trim_host(self) -> None:
         """Cut the host file to exactly the chunks the synced size covers."""

@@ -48,7 +48,7 @@ def _guard(fn: Callable) -> Callable:
             raise
         except IntegrityError as exc:
             log.error("%s: integrity check failed (%s); answering EIO", fn.__name__, exc.detail)
-            self.store.audit.record("integrity_error", operation=fn.__name__, detail=exc.detail)
+            self.store.audit.record("integrity_error", operation=fn.__name__, detail=exc.detail, memory=exc.what)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except UnknownSessionError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None

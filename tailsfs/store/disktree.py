@@ -23,7 +23,7 @@ from ..crypto.names import LONG_PREFIX, NameCipher, b64d, b64e, is_long, long_na
 from ..errors import IntegrityError
 from ..format.backing import FdBacking
 from ..format.header import CODEC_RAW, HEADER_SIZE, Header
-from ..format.memfile import EncryptedFile, raw_size_from_host
+from ..format.memfile import MAX_FILE_SIZE, EncryptedFile, raw_size_from_host
 from ..format.meta import KIND_BYTES, Meta
 from .erase import destroy_header
 from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, oserror
@@ -94,6 +94,8 @@ class DiskHandle:
     def write(self, offset: int, data: bytes | memoryview) -> int:
         ef = self.of.ef
         end = offset + len(data)
+        if end > MAX_FILE_SIZE:
+            raise oserror(errno.EFBIG, "file would exceed the 1 TiB limit")
         if end > ef.size:
             self.of.tree.store.ensure_space(end - ef.size)
         n = ef.write(offset, data)
@@ -102,6 +104,8 @@ class DiskHandle:
 
     def truncate(self, size: int) -> None:
         ef = self.of.ef
+        if size > MAX_FILE_SIZE:
+            raise oserror(errno.EFBIG, "file would exceed the 1 TiB limit")
         if size > ef.size:
             self.of.tree.store.ensure_space(size - ef.size)
         ef.truncate(size)
@@ -256,7 +260,10 @@ class DiskTree:
             if expires is not None and expires <= self.store.clock.now():
                 raise oserror(errno.ENOENT, "expired")
             if self.tier.codec == CODEC_RAW:
-                return attr_from_stat(s, raw_size_from_host(s.st_size, self.tier.chunk_size), expires)
+                # The host size is not authenticated: bytes appended to the host file would make it larger,
+                # and with the writeback cache the kernel keeps the size it is given here while open trims
+                # the host file, so it would serve zeros. The header's size is the one to give.
+                return attr_from_stat(s, self._peek_meta(host).size, expires)
             meta = self._peek_meta(host)
             return attr_from_stat(s, meta.size, meta.expires_at)
         if st.S_ISLNK(s.st_mode):
@@ -299,9 +306,10 @@ class DiskTree:
 
     # -- directories ----------------------------------------------------------------
     def mkdir(self, path: Path_, mode: int, uid: int | None = None, gid: int | None = None) -> Attr:
-        parent, _name, host = self._split(path)
+        parent, name, host = self._split(path)
         if not parent.is_dir():
             raise oserror(errno.ENOTDIR)
+        self._write_sidecar(parent, name, path[-1])  # a folder with a long name is listed through it
         self._make_dir(host, mode)
         self._chown(host, uid, gid)
         return self._attr_of(host, os.lstat(host))

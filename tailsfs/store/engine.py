@@ -150,6 +150,9 @@ class Store:
         if not store_exists(self.base):
             if not create:
                 raise FileNotFoundError(errno.ENOENT, f"no tailsfs store at {self.base} (run 'tailsfs init')")
+            if any((self.base / n).exists() for n in ("state", "sessions", "audit")):
+                raise KeyFileError(f"the key file {self.base / KEY_FILE} is missing but this store's records are "
+                                   f"there: restore it from a backup (a new key would open none of them)")
             init_store(self.base, Protection(passphrase=passphrase, user_key=user_key))
         self._lock_fd = self._lock()
         try:
@@ -171,7 +174,13 @@ class Store:
             (self.base / name).mkdir(mode=0o700, exist_ok=True)
         self._derive()
         self._finish_rekey()
-        self.clock = MonotonicWallClock(self._read_state())
+        try:
+            self.clock = MonotonicWallClock(self._read_state())
+        except IntegrityError:
+            if self._master_opens_nothing():
+                raise KeyFileError(f"the master key in {key_path} opens none of this store's records: the key "
+                                   f"file was altered or belongs to another store") from None
+            raise
         self.audit = self._open_audit()
         self.ttl = TtlIndex(self.base / "ttl", self._ttl_sealer)
         self.eraser = Eraser(self.base / "trash", self.config.overwrite_passes)
@@ -214,6 +223,23 @@ class Store:
         self._meta_sealer = Sealer(kdf.derive(self.master, kdf.LABEL_STORE_META))
         self._ttl_sealer = Sealer(kdf.derive(self.master, kdf.LABEL_TTL_INDEX))
         self._audit_wrap = kdf.derive(self.master, kdf.LABEL_AUDIT_WRAP)
+
+    def _master_opens_nothing(self) -> bool:
+        """True when neither the audit key nor any session record opens: the master key is the odd one out."""
+        audit_key = self.base / "audit" / "key"
+        if audit_key.exists():
+            try:
+                unwrap_key(self._audit_wrap, audit_key.read_bytes(), b"audit-root", "the audit key")
+                return False
+            except IntegrityError:
+                pass
+        for sdir in (self.base / "sessions").iterdir():
+            try:
+                self._load_session(sdir)
+                return False
+            except (IntegrityError, OSError, ValueError, KeyError):
+                continue
+        return True
 
     def _read_state(self) -> float:
         path = self.base / "state"

@@ -105,10 +105,10 @@ class Eraser:
             try:
                 if path is None:
                     return
-                if path.is_dir() and not path.is_symlink():
-                    overwrite_tree(path, self.passes)
-                elif path.is_symlink():
+                if path.is_symlink():  # first: is_dir() would stat its target, an encrypted name
                     path.unlink()
+                elif path.is_dir():
+                    overwrite_tree(path, self.passes)
                 else:
                     overwrite(path, self.passes)
             except FileNotFoundError:
