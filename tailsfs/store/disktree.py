@@ -255,15 +255,9 @@ class DiskTree:
             of = self._open.get(s.st_ino)
             if of is not None:
                 return of.attr()
-            rel = self.relpath(host)
-            expires = self.store.ttl.expires_for(rel)
-            if expires is not None and expires <= self.store.clock.now():
-                raise oserror(errno.ENOENT, "expired")
-            if self.tier.codec == CODEC_RAW:
-                # The host size is not authenticated: bytes appended to the host file would make it larger,
-                # and with the writeback cache the kernel keeps the size it is given here while open trims
-                # the host file, so it would serve zeros. The header's size is the one to give.
-                return attr_from_stat(s, self._peek_meta(host).size, expires)
+            # Size and expiry come from the authenticated header, never from the host file's
+            # length or the TTL index, which anyone with the disk can alter. With the writeback
+            # cache the kernel keeps the size given here for the inode's life: it must be right.
             meta = self._peek_meta(host)
             return attr_from_stat(s, meta.size, meta.expires_at)
         if st.S_ISLNK(s.st_mode):

@@ -34,7 +34,6 @@ class TtlIndex:
         self.dir = directory
         self._sealer = sealer
         self.by_id: dict[str, TtlEntry] = {}
-        self.by_path: dict[str, str] = {}
         self._heap: list[tuple[float, str]] = []
         self.damaged: list[str] = []
         for path in directory.iterdir():
@@ -49,7 +48,6 @@ class TtlIndex:
 
     def _remember(self, entry: TtlEntry) -> None:
         self.by_id[entry.file_id] = entry
-        self.by_path[entry.relpath] = entry.file_id
         heapq.heappush(self._heap, (entry.expires_at, entry.file_id))
 
     def _write(self, entry: TtlEntry) -> None:
@@ -62,9 +60,6 @@ class TtlIndex:
         if expires_at is None:
             self.remove(file_id)
             return
-        old = self.by_id.get(file_id)
-        if old is not None and self.by_path.get(old.relpath) == file_id:
-            del self.by_path[old.relpath]
         entry = TtlEntry(file_id, relpath, expires_at)
         self._write(entry)
         self._remember(entry)
@@ -73,16 +68,10 @@ class TtlIndex:
         entry = self.by_id.pop(file_id, None)
         if entry is None:
             return
-        if self.by_path.get(entry.relpath) == file_id:
-            del self.by_path[entry.relpath]
         try:
             os.unlink(self.dir / file_id)
         except FileNotFoundError:
             pass
-
-    def expires_for(self, relpath: str) -> float | None:
-        fid = self.by_path.get(relpath)
-        return self.by_id[fid].expires_at if fid else None
 
     def moved(self, old: str, new: str) -> None:
         """A file or directory moved from ``old`` to ``new`` (host-relative paths)."""
