@@ -38,6 +38,8 @@ class InodeTable:
     def __init__(self) -> None:
         self.nodes: dict[int, Node] = {}
         self.by_name: dict[tuple[int, bytes], int] = {}
+        # numbers of live entries the kernel forgot: a later lookup gets the same st_ino back
+        self._forgotten: dict[tuple[int, bytes], tuple[int, bool]] = {}
         self._next = FIRST_DYNAMIC
         self.nodes[ROOT] = Node(ROOT, ROOT, b"", is_dir=True, lookups=1)
         for tier, ino in TIER_INODES.items():
@@ -64,8 +66,11 @@ class InodeTable:
                 return node
             self.detach(node)
         session = parent.session if parent.session is not None else (name.decode("utf-8", "surrogateescape") if parent.tier is not None and parent.parent == ROOT else None)
-        node = Node(self._next, parent.ino, name, tier=parent.tier, session=session, is_dir=is_dir)
-        self._next += 1
+        number, was_dir = self._forgotten.pop((parent.ino, name), (0, is_dir))
+        if not number or was_dir != is_dir:
+            number = self._next
+            self._next += 1
+        node = Node(number, parent.ino, name, tier=parent.tier, session=session, is_dir=is_dir)
         return self._add(node)
 
     def path(self, node: Node) -> tuple[bytes, ...]:
@@ -81,6 +86,7 @@ class InodeTable:
         """The name is gone (unlink, rmdir, rename over, expiry); the inode lives until forgotten."""
         if self.by_name.get((node.parent, node.name)) == node.ino:
             del self.by_name[(node.parent, node.name)]
+        self._forgotten.pop((node.parent, node.name), None)
         node.unlinked = True
         self._maybe_drop(node)
 

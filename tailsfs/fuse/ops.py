@@ -210,6 +210,8 @@ class TailsOperations(pyfuse3.Operations):
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
+            if ino not in self.inodes.nodes:
+                self.expiring.pop(ino, None)
 
     @_guard
     def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
@@ -328,7 +330,11 @@ class TailsOperations(pyfuse3.Operations):
         for i in range(start_id, len(snapshot)):
             name, child, attr = snapshot[i]
             if child.ino not in self.inodes.nodes:
-                continue
+                if child.unlinked:
+                    continue  # removed since the snapshot
+                # only forgotten by the kernel: the entry is still there (same inode number again)
+                child = self.inodes.child(self._dir_nodes[fh], name, is_dir=child.is_dir)
+                snapshot[i] = (name, child, attr)
             if not pyfuse3.readdir_reply(token, name, self._entry(child, attr), i + 1):
                 return
             child.lookups += 1
@@ -474,6 +480,7 @@ class TailsOperations(pyfuse3.Operations):
                              session=parent.session)
         ino = self.inodes.by_name.get((parent.ino, name))
         if ino is not None:
+            self.expiring.pop(ino, None)
             self.inodes.detach(self.inodes.get(ino))
 
     @_guard

@@ -132,8 +132,13 @@ def init_store(base: Path, protection: Protection | None = None, master: SecretK
     if (base / KEY_FILE).exists():
         raise StoreExistsError(f"a tailsfs store already exists at {base}")
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    own = master is None
     master = master or SecretKey(os.urandom(32))
-    _write_private(base / KEY_FILE, seal_master(master, protection or Protection()), exclusive=True)
+    try:
+        _write_private(base / KEY_FILE, seal_master(master, protection or Protection()), exclusive=True)
+    finally:
+        if own:
+            master.destroy()
 
 
 def store_exists(base: Path) -> bool:
@@ -259,9 +264,11 @@ class Store:
         else:
             root = SecretKey(os.urandom(32))
             _write_private(key_path, wrap_key(self._audit_wrap, root, b"audit-root"))
-        raw_root = bytes(root)
-        return AuditLog(self.base / "audit", kdf.derive(raw_root, kdf.LABEL_AUDIT_MAC),
-                        kdf.derive(raw_root, kdf.LABEL_AUDIT_DETAILS), self._meta_sealer)
+        try:
+            return AuditLog(self.base / "audit", kdf.derive(root, kdf.LABEL_AUDIT_MAC),
+                            kdf.derive(root, kdf.LABEL_AUDIT_DETAILS), self._meta_sealer)
+        finally:
+            root.destroy()
 
     # -- sessions -------------------------------------------------------------------------
     def _session_record(self, sid: str, key: SecretKey, name: str, created: float, wrap: bytes, meta: Sealer) -> bytes:
@@ -379,7 +386,7 @@ class Store:
             t = self._trees.pop((name, tier), None)
             if t is not None:
                 t.close()
-        overwrite(s.dir / "key", self.config.overwrite_passes if secure else 1)
+        overwrite(s.dir / "key", max(1, self.config.overwrite_passes) if secure else 1)  # the crypto-erase itself
         _fsync_dir(s.dir)
         s.key.destroy()
         self.ttl.forget_under(str(s.dir.relative_to(self.base)))
@@ -517,7 +524,7 @@ class Store:
         self.audit.record("key_change", operation="rekey")
 
     def _apply_new_master(self, new: SecretKey, on_progress: Callable[[int, int], None] | None = None) -> None:
-        old_audit_wrap = self._audit_wrap
+        old_audit_wrap, old_master = self._audit_wrap, self.master
         self.master = new
         self._derive()
         total = len(self.sessions)
@@ -532,6 +539,9 @@ class Store:
             except IntegrityError:
                 root = unwrap_key(self._audit_wrap, key_path.read_bytes(), b"audit-root", "the audit key")
             _write_private(key_path, wrap_key(self._audit_wrap, root, b"audit-root"))
+            root.destroy()
+        if old_master is not new:
+            old_master.destroy()
         if hasattr(self, "audit"):
             self.audit._state = self._meta_sealer
             self.audit.checkpoint()

@@ -41,6 +41,7 @@ class RamFile(RamNode):
         super().__init__(st.S_IFREG | (mode & 0o7777), uid, gid)
         self.data = bytearray()
         self.meta = meta
+        self.xattrs = meta.xattrs  # one dict: read through an open handle's metadata or the node alike
         self.refs = 0
 
 
@@ -48,6 +49,7 @@ class RamDir(RamNode):
     def __init__(self, mode: int, uid: int, gid: int) -> None:
         super().__init__(st.S_IFDIR | (mode & 0o7777), uid, gid)
         self.children: dict[bytes, RamNode] = {}
+        self.subdirs = 0  # kept up to date so getattr need not count the children
         self.default_ttl: float | None = None
         self.nlink = 2
 
@@ -160,7 +162,7 @@ class RamTree:
             size, expires = 4096, None
         nlink = node.nlink
         if isinstance(node, RamDir):
-            nlink = 2 + sum(isinstance(c, RamDir) for c in node.children.values())
+            nlink = 2 + node.subdirs
         return Attr(node.mode, nlink, node.uid, node.gid, size, (size + 511) // 512,
                     node.atime_ns, node.mtime_ns, node.ctime_ns, expires)
 
@@ -186,6 +188,7 @@ class RamTree:
         self.store.charge_volatile(_NODE_OVERHEAD + len(name))
         node.parent, node.name = parent, name
         parent.children[name] = node
+        parent.subdirs += isinstance(node, RamDir)
         parent.mtime_ns = parent.ctime_ns = time.time_ns()
 
     # -- directories --------------------------------------------------------------
@@ -319,6 +322,7 @@ class RamTree:
 
     def _unlink_node(self, parent: RamDir, name: bytes) -> None:
         node = parent.children.pop(name)
+        parent.subdirs -= isinstance(node, RamDir)
         self.store.charge_volatile(-(_NODE_OVERHEAD + len(name)))
         parent.mtime_ns = parent.ctime_ns = time.time_ns()
         node.nlink = 0
@@ -359,6 +363,9 @@ class RamTree:
         self.store.charge_volatile(len(nname) - len(oname))
         node.parent, node.name = nparent, nname
         nparent.children[nname] = node
+        if isinstance(node, RamDir):
+            oparent.subdirs -= 1
+            nparent.subdirs += 1
         now = time.time_ns()
         oparent.mtime_ns = nparent.mtime_ns = node.ctime_ns = now
 

@@ -72,6 +72,13 @@ class TtlIndex:
             os.unlink(self.dir / file_id)
         except FileNotFoundError:
             pass
+        self._compact()
+
+    def _compact(self) -> None:
+        """Rebuild the heap once stale entries (removed or re-timed files) outnumber the live ones."""
+        if len(self._heap) > 2 * len(self.by_id) + 64:
+            self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
+            heapq.heapify(self._heap)
 
     def moved(self, old: str, new: str) -> None:
         """A file or directory moved from ``old`` to ``new`` (host-relative paths)."""
