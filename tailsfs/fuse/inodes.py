@@ -113,6 +113,8 @@ class InodeTable:
             return
         if self.by_name.get((node.parent, node.name)) == node.ino:
             del self.by_name[(node.parent, node.name)]
+            if not node.unlinked:
+                self._forgotten[(node.parent, node.name)] = (node.ino, node.is_dir)
         parent = self.nodes.get(node.parent)
         if parent is not None:
             parent.children.discard(node.ino)
