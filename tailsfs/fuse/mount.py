@@ -23,14 +23,14 @@ import pyfuse3
 import trio
 
 from ..config import MountConfig, default_base, load_config, set_option
-from ..errors import KeyFileError, StoreInUseError, TailsError, WrongKeyError
+from ..errors import IntegrityError, KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
 from .ops import TailsOperations
 from .tuning import set_readahead
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_KEY, EXIT_IN_USE, EXIT_NOT_MOUNTED = 0, 1, 2, 3, 5, 6
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_KEY, EXIT_INTEGRITY, EXIT_IN_USE, EXIT_NOT_MOUNTED = 0, 1, 2, 3, 4, 5, 6
 
 
 class MountError(Exception):
@@ -123,6 +123,8 @@ def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_k
         raise MountError(f"{exc}", EXIT_KEY) from None
     except StoreInUseError as exc:
         raise MountError(f"{exc}: unmount it or close the program first", EXIT_IN_USE) from None
+    except IntegrityError as exc:
+        raise MountError(f"{exc}; run 'tailsfs fsck --base {cfg.base}'", EXIT_INTEGRITY) from None
     except (KeyFileError, TailsError, OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
     ops = TailsOperations(store, mountpoint=str(mp), prune_interval=cfg.prune_interval,
