@@ -527,7 +527,6 @@ def test_expiry_by_clock_high_water(m):
         assert m.read_memory(s, f"k_{tier.value}") is None
     # the TTL index is only an accelerator: without it the header's expiry still holds
     m._store.ttl.by_id.clear()
-    m._store.ttl.by_path.clear()
     assert m.read_memory(s, "k_persistent") is None
     assert m.read_memory(s, "forever") == 1
 
