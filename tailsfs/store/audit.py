@@ -68,6 +68,7 @@ class AuditLog:
         self._state = state_sealer
         self._fd = -1
         self._fd_day = ""
+        self._tail: tuple[str, int] | None = None  # (file, offset) just past the chain's last line
         self.seq, self._prev, self._key = self._recover()
 
     # -- writing ------------------------------------------------------------
@@ -75,9 +76,12 @@ class AuditLog:
         """Resume the chain after the last line on disk (checked up to it from the checkpoint)."""
         seq, prev, key = 0, _GENESIS, self._root
         checkpoint = self._read_state()
+        start: tuple[str, int] | None = None
         if checkpoint:
             seq, prev, key = checkpoint["seq"], bytes.fromhex(checkpoint["mac"]), bytes.fromhex(checkpoint["key"])
-        for _file, _no, entry in self._lines(after=seq):
+            start = self._valid_tail(checkpoint.get("file"), checkpoint.get("offset"))
+        self._tail = start
+        for name, end, entry in self._scan(start, after=seq):
             if not isinstance(entry, dict) or entry.get("seq") != seq + 1:
                 break
             try:
@@ -87,7 +91,38 @@ class AuditLog:
             except (KeyError, TypeError, ValueError):
                 break
             seq, prev, key = seq + 1, expected, _evolve(key)
+            self._tail = (name, end)
         return seq, prev, key
+
+    def _valid_tail(self, name: Any, offset: Any) -> tuple[str, int] | None:
+        """Where the checkpointed chain ends on disk, if the trail still reaches that far."""
+        if not isinstance(name, str) or not isinstance(offset, int) or "/" in name:
+            return None
+        try:
+            return (name, offset) if (self.dir / name).stat().st_size >= offset else None
+        except OSError:
+            return None
+
+    def _scan(self, start: tuple[str, int] | None, after: int) -> Iterator[tuple[str, int, Any]]:
+        """Lines after ``start`` (or after sequence number ``after``), with the offset each ends at.
+
+        Resuming from the checkpoint's offset keeps opening a store independent of the
+        trail's length; without a usable offset every line is parsed, as before.
+        """
+        for path in self.files():
+            if start is not None and path.name < start[0]:
+                continue
+            with open(path, "rb") as fh:
+                if start is not None and path.name == start[0]:
+                    fh.seek(start[1])
+                while raw := fh.readline():
+                    try:
+                        entry = json.loads(raw)
+                    except ValueError:
+                        entry = None
+                    if after and isinstance(entry, dict) and isinstance(entry.get("seq"), int) and entry["seq"] <= after:
+                        continue
+                    yield path.name, fh.tell(), entry
 
     def log(self, event: str, **details: Any) -> None:
         now = _dt.datetime.now(_dt.timezone.utc)
@@ -102,11 +137,15 @@ class AuditLog:
             self._close_fd()
             self._fd = os.open(self.dir / f"audit_{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fd_day = day
-        self._append((line + "\n").encode())
+        end = self._append((line + "\n").encode())
         self.seq, self._prev, self._key = seq, mac, _evolve(self._key)
+        self._tail = (f"audit_{day}.jsonl", end)
 
-    def _append(self, data: bytes) -> None:
-        """A whole line or nothing: a write cut short by a full disk is cut back off the trail."""
+    def _append(self, data: bytes) -> int:
+        """A whole line or nothing: a write cut short by a full disk is cut back off the trail.
+
+        Returns the file's length after the line.
+        """
         end = os.lseek(self._fd, 0, os.SEEK_END)
         done = 0
         try:
@@ -116,6 +155,7 @@ class AuditLog:
             if done:
                 os.ftruncate(self._fd, end)
             raise
+        return end + done
 
     def record(self, event: str, **details: Any) -> bool:
         """Log what already happened: a full disk costs the line (logged as an error), not the operation."""
@@ -128,7 +168,9 @@ class AuditLog:
 
     def checkpoint(self) -> None:
         """Record the chain's head so truncation of the trail is detected."""
-        state = {"seq": self.seq, "mac": self._prev.hex(), "key": self._key.hex()}
+        state: dict[str, Any] = {"seq": self.seq, "mac": self._prev.hex(), "key": self._key.hex()}
+        if self._tail is not None:
+            state["file"], state["offset"] = self._tail
         tmp = self.dir / "state.tmp"
         tmp.write_bytes(self._state.seal(json.dumps(state).encode(), b"audit-state"))
         os.replace(tmp, self.dir / "state")
