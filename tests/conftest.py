@@ -209,9 +209,14 @@ def mount(tmp_path):
         return m
 
     yield factory
+    errors = unmount_all(made)
+    assert not errors, "; ".join(errors)
 
+
+def unmount_all(mounts: list[Mount]) -> list[str]:
+    """Unmount every mount (lazily as a last resort); the problems found, for one assertion."""
     errors = []
-    for m in made:
+    for m in mounts:
         try:
             m.umount()
         except AssertionError as exc:
@@ -222,7 +227,7 @@ def mount(tmp_path):
         alive = m.daemons_gone()
         if alive:
             errors.append(f"daemon(s) {alive} still running after unmount")
-    assert not errors, "; ".join(errors)
+    return errors
 
 
 @pytest.fixture(scope="module")

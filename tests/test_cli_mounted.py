@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import pytest
 
-from conftest import CLI, Mount, daemon_pid, is_mounted, pid_alive, scan_for_marker, session
+from conftest import CLI, Mount, daemon_pid, is_mounted, pid_alive, scan_for_marker, session, unmount_all
 
 TAILSFS = str(CLI)
 TIERS = ("volatile", "ephemeral", "persistent", "archive")
@@ -127,17 +127,7 @@ def mounts(mount):
         return m
 
     yield factory
-    errors = []
-    for m in made:
-        try:
-            m.umount()
-        except AssertionError as exc:
-            errors.append(str(exc))
-        finally:
-            if is_mounted(m.mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(m.mp)], capture_output=True)
-        if m.daemons_gone():
-            errors.append(f"daemon(s) {m.daemons_gone()} still running after unmount")
+    errors = unmount_all(made)
     assert not errors, "; ".join(errors)
 
 

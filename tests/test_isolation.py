@@ -25,7 +25,7 @@ import pytest
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from conftest import CLI, Mount, _fuse_available, is_mounted, session
+from conftest import CLI, Mount, _fuse_available, is_mounted, session, unmount_all
 from tailsfs.crypto import kdf
 from tailsfs.crypto.aead import Sealer, unwrap_key
 from tailsfs.crypto.names import NameCipher
@@ -133,16 +133,7 @@ def public_mount():
     try:
         yield factory
     finally:
-        for m in made:
-            try:
-                m.umount()
-            except AssertionError as exc:
-                errors.append(str(exc))
-            finally:
-                if is_mounted(m.mp):
-                    subprocess.run(["fusermount3", "-u", "-z", str(m.mp)], capture_output=True)
-            if m.daemons_gone():
-                errors.append(f"daemon(s) {m.daemons_gone()} still running after unmount")
+        errors = unmount_all(made)
         shutil.rmtree(root, ignore_errors=True)
     assert not errors, "; ".join(errors)
 

@@ -81,7 +81,7 @@ class AuditLog:
             seq, prev, key = checkpoint["seq"], bytes.fromhex(checkpoint["mac"]), bytes.fromhex(checkpoint["key"])
             start = self._valid_tail(checkpoint.get("file"), checkpoint.get("offset"))
         self._tail = start
-        for name, end, entry in self._scan(start, after=seq):
+        for name, _no, end, entry in self._scan(start, after=seq):
             if not isinstance(entry, dict) or entry.get("seq") != seq + 1:
                 break
             try:
@@ -103,11 +103,11 @@ class AuditLog:
         except OSError:
             return None
 
-    def _scan(self, start: tuple[str, int] | None, after: int) -> Iterator[tuple[str, int, Any]]:
-        """Lines after ``start`` (or after sequence number ``after``), with the offset each ends at.
+    def _scan(self, start: tuple[str, int] | None, after: int = 0) -> Iterator[tuple[str, int, int, Any]]:
+        """(file, line number, end offset, entry) of each line after ``start`` and sequence ``after``.
 
         Resuming from the checkpoint's offset keeps opening a store independent of the
-        trail's length; without a usable offset every line is parsed, as before.
+        trail's length (line numbers then count from there); without one every line is parsed.
         """
         for path in self.files():
             if start is not None and path.name < start[0]:
@@ -115,14 +115,16 @@ class AuditLog:
             with open(path, "rb") as fh:
                 if start is not None and path.name == start[0]:
                     fh.seek(start[1])
+                no = 0
                 while raw := fh.readline():
+                    no += 1
                     try:
                         entry = json.loads(raw)
                     except ValueError:
                         entry = None
                     if after and isinstance(entry, dict) and isinstance(entry.get("seq"), int) and entry["seq"] <= after:
                         continue
-                    yield path.name, fh.tell(), entry
+                    yield path.name, no, fh.tell(), entry
 
     def log(self, event: str, **details: Any) -> None:
         now = _dt.datetime.now(_dt.timezone.utc)
@@ -201,16 +203,8 @@ class AuditLog:
         return sorted(self.dir.glob("audit_*.jsonl"))
 
     def _lines(self, after: int = 0) -> Iterator[tuple[str, int, Any]]:
-        for path in self.files():
-            with open(path, "rb") as fh:
-                for no, raw in enumerate(fh, 1):
-                    try:
-                        entry = json.loads(raw)
-                    except ValueError:
-                        entry = None
-                    if after and isinstance(entry, dict) and isinstance(entry.get("seq"), int) and entry["seq"] <= after:
-                        continue
-                    yield path.name, no, entry
+        for name, no, _end, entry in self._scan(None, after):
+            yield name, no, entry
 
     def entries(self) -> Iterator[dict]:
         """Decrypted events, oldest first (lines that do not decrypt are reported as such)."""
