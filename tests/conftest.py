@@ -175,6 +175,14 @@ class Mount:
         assert not is_mounted(self.mp), f"{self.mp} still mounted"
         assert ok, f"clean unmount failed (needed fusermount3 -u -z)\nlog:\n{self.log}"
 
+    def umount_or_detach(self) -> None:
+        """Unmount; if that fails, detach lazily so no test leaves a mount behind, then re-raise."""
+        try:
+            self.umount()
+        finally:
+            if is_mounted(self.mp):
+                subprocess.run(["fusermount3", "-u", "-z", str(self.mp)], capture_output=True)
+
     def remount(self) -> None:
         self.umount()
         self.mount()
@@ -218,12 +226,9 @@ def unmount_all(mounts: list[Mount]) -> list[str]:
     errors = []
     for m in mounts:
         try:
-            m.umount()
+            m.umount_or_detach()
         except AssertionError as exc:
             errors.append(str(exc))
-        finally:
-            if is_mounted(m.mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(m.mp)], capture_output=True)
         alive = m.daemons_gone()
         if alive:
             errors.append(f"daemon(s) {alive} still running after unmount")
@@ -243,11 +248,7 @@ def shared_mount(tmp_path_factory):
         m.mount()
         yield m
     finally:
-        try:
-            m.umount()
-        finally:
-            if is_mounted(mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(mp)], capture_output=True)
+        m.umount_or_detach()
         assert not m.daemons_gone(), f"daemon(s) {m.daemons_gone()} still running after unmount"
 
 

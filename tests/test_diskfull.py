@@ -49,11 +49,7 @@ def store_on_small_fs(mount, small_fs: Path, tmp_path: Path) -> Iterator[Mount]:
         m.mount()
         yield m
     finally:
-        try:
-            m.umount()
-        finally:
-            if is_mounted(m.mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(m.mp)], capture_output=True)
+        m.umount_or_detach()
 
 
 def take_every_free_byte(path: Path) -> None:

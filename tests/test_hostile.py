@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import Mount, _fuse_available, ctl_request, expect_errno, is_mounted, session
+from conftest import Mount, _fuse_available, ctl_request, expect_errno, session
 
 TIERS = ("volatile", "ephemeral", "persistent", "archive")
 DISK_TIERS = ("ephemeral", "persistent", "archive")
@@ -81,11 +80,7 @@ def hm(tmp_path_factory) -> Iterator[Mount]:
             session(m, tier, "hostile")
         yield m
     finally:
-        try:
-            m.umount()
-        finally:
-            if is_mounted(m.mp):
-                subprocess.run(["fusermount3", "-u", "-z", str(m.mp)], capture_output=True)
+        m.umount_or_detach()
     assert not m.daemons_gone(), f"daemon(s) {m.daemons_gone()} still running after unmount"
 
 
