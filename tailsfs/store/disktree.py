@@ -144,6 +144,7 @@ class DiskTree:
         self._dirmeta = Sealer(session.dir_meta_key)
         self._dirs: dict[str, DirInfo] = {}
         self._open: dict[int, OpenFile] = {}
+        self._unsynced: set[int] = set()  # host inodes whose last header write failed
 
     # -- host paths and names ---------------------------------------------------
     def exists(self) -> bool:
@@ -255,9 +256,13 @@ class DiskTree:
             of = self._open.get(s.st_ino)
             if of is not None:
                 return of.attr()
-            # Size and expiry come from the authenticated header, never from the host file's
-            # length or the TTL index, which anyone with the disk can alter. With the writeback
-            # cache the kernel keeps the size given here for the inode's life: it must be right.
+            if self.tier.codec == CODEC_RAW:
+                # Without reading the header: a host file whose length was altered outside
+                # tailsfs is refused at open (_check_size), so no byte of it is ever served.
+                expires = self.store.ttl.expires_for(self.relpath(host))
+                if expires is not None and expires <= self.store.clock.now():
+                    raise oserror(errno.ENOENT, "expired")
+                return attr_from_stat(s, raw_size_from_host(s.st_size, self.tier.chunk_size), expires)
             meta = self._peek_meta(host)
             return attr_from_stat(s, meta.size, meta.expires_at)
         if st.S_ISLNK(s.st_mode):
@@ -411,7 +416,7 @@ class DiskTree:
             try:
                 ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, self._what(path))
                 self._check_live(ef.meta)
-                self._heal_size(ef)
+                self._check_size(ef, s.st_ino, path)
             except BaseException:
                 os.close(fd)
                 raise
@@ -427,6 +432,25 @@ class DiskTree:
     def _check_live(self, meta: Meta) -> None:
         if meta.expires_at is not None and meta.expires_at <= self.store.clock.now():
             raise oserror(errno.ENOENT, "expired")
+
+    def _check_size(self, ef: EncryptedFile, ino: int, path: Path_) -> None:
+        """Refuse a raw memory whose host length disagrees with its authenticated size.
+
+        stat derives the size from the host length (no header read), and the kernel keeps
+        that size for the inode's life: serving such a file would mean zeros nobody wrote.
+        After a kill the store trims every file at open (heal_sizes); a header write that
+        failed while mounted is remembered and healed here; anything else was done outside.
+        """
+        if ef.header.codec != CODEC_RAW:
+            return
+        if raw_size_from_host(ef.backing.size(), ef.chunk_size) == ef.size:
+            return
+        if ino in self._unsynced:
+            self._unsynced.discard(ino)
+            ef.trim_host()
+            return
+        raise IntegrityError(self._what(path), "host file length disagrees with the authenticated size "
+                                               "(bytes added or cut outside tailsfs)")
 
     def _heal_size(self, ef: EncryptedFile) -> None:
         """After a crash, chunks past the synced size may remain: cut them so stat agrees."""
@@ -470,6 +494,9 @@ class DiskTree:
                     of.ef.sync_meta()
                 else:
                     self._sync_keep_times(of)
+        except OSError:
+            self._unsynced.add(of.ino)  # its chunks may run past the header's size: heal at next open
+            raise
         finally:
             del self._open[of.ino]
             if of.trash is not None:
@@ -825,6 +852,8 @@ class DiskTree:
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+            if ef.header.codec == CODEC_RAW and raw_size_from_host(ef.backing.size(), ef.chunk_size) != ef.size:
+                raise IntegrityError("a memory", "host file length disagrees with the authenticated size")
             ef.verify()
         finally:
             os.close(fd)

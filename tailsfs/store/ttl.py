@@ -34,6 +34,7 @@ class TtlIndex:
         self.dir = directory
         self._sealer = sealer
         self.by_id: dict[str, TtlEntry] = {}
+        self.by_path: dict[str, str] = {}  # host path → file id, for stat without reading headers
         self._heap: list[tuple[float, str]] = []
         self.damaged: list[str] = []
         for path in directory.iterdir():
@@ -48,6 +49,7 @@ class TtlIndex:
 
     def _remember(self, entry: TtlEntry) -> None:
         self.by_id[entry.file_id] = entry
+        self.by_path[entry.relpath] = entry.file_id
         heapq.heappush(self._heap, (entry.expires_at, entry.file_id))
 
     def _write(self, entry: TtlEntry) -> None:
@@ -60,6 +62,9 @@ class TtlIndex:
         if expires_at is None:
             self.remove(file_id)
             return
+        old = self.by_id.get(file_id)
+        if old is not None and self.by_path.get(old.relpath) == file_id:
+            del self.by_path[old.relpath]
         entry = TtlEntry(file_id, relpath, expires_at)
         self._write(entry)
         self._remember(entry)
@@ -68,6 +73,8 @@ class TtlIndex:
         entry = self.by_id.pop(file_id, None)
         if entry is None:
             return
+        if self.by_path.get(entry.relpath) == file_id:
+            del self.by_path[entry.relpath]
         try:
             os.unlink(self.dir / file_id)
         except FileNotFoundError:
@@ -79,6 +86,11 @@ class TtlIndex:
         if len(self._heap) > 2 * len(self.by_id) + 64:
             self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
             heapq.heapify(self._heap)
+
+    def expires_for(self, relpath: str) -> float | None:
+        """What stat shows; the header's expiry, checked at every open, is the one enforced."""
+        fid = self.by_path.get(relpath)
+        return self.by_id[fid].expires_at if fid else None
 
     def moved(self, old: str, new: str) -> None:
         """A file or directory moved from ``old`` to ``new`` (host-relative paths)."""
