@@ -89,8 +89,8 @@ class TtlIndex:
 
     def expires_for(self, relpath: str) -> float | None:
         """What stat shows; the header's expiry, checked at every open, is the one enforced."""
-        fid = self.by_path.get(relpath)
-        return self.by_id[fid].expires_at if fid else None
+        entry = self.by_id.get(self.by_path.get(relpath, ""))
+        return entry.expires_at if entry is not None else None
 
     def moved(self, old: str, new: str) -> None:
         """A file or directory moved from ``old`` to ``new`` (host-relative paths)."""
