@@ -494,7 +494,6 @@ def cmd_rekey(args: argparse.Namespace) -> int:
             protection = Protection(passphrase=passphrase, params=_argon2_params(args))
         sessions = len(store.sessions)
         store.rekey(protection, on_progress=progress.update)
-        progress.done()
     finally:
         progress.done()
         store.close()

@@ -295,6 +295,13 @@ class EncryptedFile:
             self.backing.pwrite(old_slot, self._slot_at(index))
         self.sync_meta()
 
+    def host_matches_size(self) -> bool:
+        """Whether the host file holds exactly the chunks the authenticated size covers.
+
+        Raw slots have a fixed size, so the host length says it; compressed slots do not.
+        """
+        return self.compress or raw_size_from_host(self.backing.size(), self.chunk_size) == self.size
+
     def trim_host(self) -> None:
         """Cut the host file to exactly the chunks the synced size covers."""
         if self.compress:

@@ -22,6 +22,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..cli import exitcodes
 from ..config import MountConfig, default_base, load_config, set_option
 from ..errors import IntegrityError, KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
@@ -30,11 +31,10 @@ from .tuning import set_readahead
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_KEY, EXIT_INTEGRITY, EXIT_IN_USE, EXIT_NOT_MOUNTED = 0, 1, 2, 3, 4, 5, 6
 
 
 class MountError(Exception):
-    def __init__(self, message: str, code: int = EXIT_FAIL) -> None:
+    def __init__(self, message: str, code: int = exitcodes.FAILURE) -> None:
         super().__init__(message)
         self.code = code
 
@@ -58,13 +58,13 @@ def _check_mountpoint(mp: Path) -> None:
     if not Path("/dev/fuse").exists():
         raise MountError("/dev/fuse is missing: install fuse3 and load the fuse module (modprobe fuse)")
     if mp.exists() and _is_mounted(mp):
-        raise MountError(f"{mp} is already a mountpoint: unmount it first (tailsfs umount {mp})", EXIT_IN_USE)
+        raise MountError(f"{mp} is already a mountpoint: unmount it first (tailsfs umount {mp})", exitcodes.IN_USE)
     if not mp.exists():
         mp.mkdir(parents=True)
     if not mp.is_dir():
-        raise MountError(f"{mp} is not a directory", EXIT_USAGE)
+        raise MountError(f"{mp} is not a directory", exitcodes.USAGE)
     if any(mp.iterdir()):
-        raise MountError(f"{mp} is not empty: mount on an empty directory", EXIT_USAGE)
+        raise MountError(f"{mp} is not empty: mount on an empty directory", exitcodes.USAGE)
 
 
 def build_config(config: str | None, options: list[str], base: str | None) -> MountConfig:
@@ -120,11 +120,11 @@ def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_k
     try:
         store = Store(cfg.base, passphrase=passphrase, user_key=user_key, config=cfg.store_config())
     except WrongKeyError as exc:
-        raise MountError(f"{exc}", EXIT_KEY) from None
+        raise MountError(f"{exc}", exitcodes.WRONG_KEY) from None
     except StoreInUseError as exc:
-        raise MountError(f"{exc}: unmount it or close the program first", EXIT_IN_USE) from None
+        raise MountError(f"{exc}: unmount it or close the program first", exitcodes.IN_USE) from None
     except IntegrityError as exc:
-        raise MountError(f"{exc}; run 'tailsfs fsck --base {cfg.base}'", EXIT_INTEGRITY) from None
+        raise MountError(f"{exc}; run 'tailsfs fsck --base {cfg.base}'", exitcodes.INTEGRITY) from None
     except (KeyFileError, TailsError, OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
     ops = TailsOperations(store, mountpoint=str(mp), prune_interval=cfg.prune_interval,
@@ -164,12 +164,12 @@ def _serve(store: Store, ops: TailsOperations) -> int:
             await pyfuse3.main(min_tasks=2, max_tasks=16)
             nursery.cancel_scope.cancel()
 
-    code = EXIT_OK
+    code = exitcodes.OK
     try:
         trio.run(main)
     except BaseException as exc:  # noqa: BLE001 - the store must be released whatever happened
         log.error("the FUSE loop stopped with %s", type(exc).__name__)
-        code = EXIT_FAIL
+        code = exitcodes.FAILURE
     finally:
         try:
             pyfuse3.close(unmount=True)
@@ -195,7 +195,7 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
         return exc.code
     except (ValueError, FileNotFoundError) as exc:
         print(f"tailsfs: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exitcodes.USAGE
     if foreground:
         try:
             _harden_process(cfg)
@@ -209,7 +209,7 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
     pid = os.fork()
     if pid == 0:  # the daemon
         os.close(read_fd)
-        code = EXIT_FAIL
+        code = exitcodes.FAILURE
         try:
             os.setsid()
             _harden_process(cfg)
@@ -225,18 +225,18 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
         except MountError as exc:
             os.write(write_fd, f"{exc.code} {exc}\n".encode())
         except BaseException as exc:  # noqa: BLE001
-            os.write(write_fd, f"{EXIT_FAIL} daemon failed to start: {type(exc).__name__}: {exc}\n".encode())
+            os.write(write_fd, f"{exitcodes.FAILURE} daemon failed to start: {type(exc).__name__}: {exc}\n".encode())
         finally:
             os._exit(code)
     os.close(write_fd)
     with os.fdopen(read_fd) as fh:
         line = fh.readline().strip()
     if line.startswith("ok"):
-        return EXIT_OK
+        return exitcodes.OK
     os.waitpid(pid, 0)
     code_text, _, message = line.partition(" ")
     print(f"tailsfs: {message or 'the daemon exited before mounting'}", file=sys.stderr)
-    return int(code_text) if code_text.isdigit() else EXIT_FAIL
+    return int(code_text) if code_text.isdigit() else exitcodes.FAILURE
 
 
 def _daemon_pid(mp: Path) -> int | None:
@@ -252,18 +252,18 @@ def umount_command(mountpoint: str, timeout: float = 60.0) -> int:
     mp = Path(mountpoint).absolute()
     if not mp.exists() or not _is_mounted(mp):
         print(f"tailsfs: {mp} is not mounted", file=sys.stderr)
-        return EXIT_NOT_MOUNTED
+        return exitcodes.NOT_MOUNTED
     if _fs_type(mp) != "fuse.tailsfs":
         print(f"tailsfs: {mp} is mounted but is not a tailsfs filesystem; check the mountpoint "
               f"(umount(8) unmounts other filesystems)", file=sys.stderr)
-        return EXIT_NOT_MOUNTED
+        return exitcodes.NOT_MOUNTED
     pid = _daemon_pid(mp)
     os.sync()
     result = subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True, text=True)
     if result.returncode != 0:
         msg = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else "fusermount3 failed"
         print(f"tailsfs: cannot unmount {mp}: {msg} (is a program still using it?)", file=sys.stderr)
-        return EXIT_IN_USE if "busy" in msg.lower() else EXIT_FAIL
+        return exitcodes.IN_USE if "busy" in msg.lower() else exitcodes.FAILURE
     if pid is not None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -279,5 +279,5 @@ def umount_command(mountpoint: str, timeout: float = 60.0) -> int:
             time.sleep(0.05)
         else:
             print(f"tailsfs: unmounted, but the daemon (pid {pid}) did not exit within {timeout:.0f} s", file=sys.stderr)
-            return EXIT_FAIL
-    return EXIT_OK
+            return exitcodes.FAILURE
+    return exitcodes.OK

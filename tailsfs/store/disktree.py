@@ -441,9 +441,7 @@ class DiskTree:
         After a kill the store trims every file at open (heal_sizes); a header write that
         failed while mounted is remembered and healed here; anything else was done outside.
         """
-        if ef.header.codec != CODEC_RAW:
-            return
-        if raw_size_from_host(ef.backing.size(), ef.chunk_size) == ef.size:
+        if ef.host_matches_size():
             return
         if ino in self._unsynced:
             self._unsynced.discard(ino)
@@ -454,10 +452,7 @@ class DiskTree:
 
     def _heal_size(self, ef: EncryptedFile) -> None:
         """After a crash, chunks past the synced size may remain: cut them so stat agrees."""
-        if ef.header.codec != CODEC_RAW:
-            return
-        host_size = ef.backing.size()
-        if raw_size_from_host(host_size, ef.chunk_size) != ef.size:
+        if not ef.host_matches_size():
             ef.trim_host()
 
     def heal_sizes(self) -> None:
@@ -852,7 +847,7 @@ class DiskTree:
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
-            if ef.header.codec == CODEC_RAW and raw_size_from_host(ef.backing.size(), ef.chunk_size) != ef.size:
+            if not ef.host_matches_size():
                 raise IntegrityError("a memory", "host file length disagrees with the authenticated size")
             ef.verify()
         finally:

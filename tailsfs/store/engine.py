@@ -34,7 +34,7 @@ from ..errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsErr
                       UnknownSessionError)
 from .audit import AuditLog
 from .clock import MonotonicWallClock
-from .disktree import DiskTree
+from .disktree import DiskTree, _fsync_dir
 from .erase import Eraser, overwrite, overwrite_tree
 from .nodes import NAME_MAX
 from .ramtree import RamTree
@@ -116,14 +116,6 @@ def _write_private(path: Path, data: bytes, exclusive: bool = False) -> None:
         raise StoreExistsError(f"{path} already exists")
     os.replace(tmp, path)
     _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def init_store(base: Path, protection: Protection | None = None, master: SecretKey | None = None) -> None:
