@@ -51,7 +51,7 @@ class EncryptedFile:
     """One open memory: the header in memory, chunks read and written on demand.
 
     Size and metadata changes are kept in memory and written to the header by
-    :meth:`sync_meta` (on flush, fsync and close): after a crash the file has
+    :meth:`sync_meta` (on fsync and close): after a crash the file has
     its last synced size, and chunks written beyond it are ignored.
     """
 

@@ -42,6 +42,7 @@ TEST_IO_FAULT_XATTR = b"user.tails.test.fault"  # value "op:errno:count", e.g. "
 def _guard(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: "TailsOperations", *args: Any) -> Any:
+        self.store.note_activity()
         try:
             return fn(self, *args)
         except pyfuse3.FUSEError:
@@ -432,11 +433,15 @@ class TailsOperations(pyfuse3.Operations):
             return len(buf)
         return h.inner.write(off, buf)
 
-    @_guard
-    def flush(self, fh: int) -> None:
-        h = self.handles.get(fh)
-        if isinstance(h, Handle):
-            h.inner.flush()
+    async def flush(self, fh: int) -> None:
+        """Not implemented, on purpose: the kernel then stops sending FLUSH at all.
+
+        close() still waits for the kernel to write back the file's dirty
+        pages and reports their errors (fs/fuse/file.c, fuse_flush); the
+        header is written at release and at fsync. One round trip fewer on
+        every close.
+        """
+        raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @_guard
     def fsync(self, fh: int, datasync: bool) -> None:

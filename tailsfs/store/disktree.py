@@ -111,9 +111,6 @@ class DiskHandle:
         ef.truncate(size)
         self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
 
-    def flush(self) -> None:
-        self.of.ef.sync_meta()
-
     def fsync(self, data_only: bool = False) -> None:
         self.of.ef.fsync(data_only)
 
@@ -600,7 +597,7 @@ class DiskTree:
                 destroy_header(fd, sync=False)
             finally:
                 os.close(fd)
-        self.store.eraser.submit(trash)
+        self.store.eraser.submit(trash, s.st_size)
         return created
 
     def _forget_header(self, fd: int) -> float:
@@ -615,12 +612,15 @@ class DiskTree:
 
     def _crypto_erase_open(self, of: OpenFile) -> None:
         self.store.ttl.remove(of.file_id)
+        fd = of.ef.backing.fd  # type: ignore[attr-defined]
         try:
-            destroy_header(of.ef.backing.fd, sync=False)  # type: ignore[attr-defined]
+            destroy_header(fd, sync=False)
+            size = os.fstat(fd).st_size
         except OSError as exc:
             log.error("crypto-erase of an unlinked memory failed: %s", exc.strerror)
+            size = 0
         if of.trash is not None:
-            self.store.eraser.submit(of.trash)
+            self.store.eraser.submit(of.trash, size)
 
     def unlink(self, path: Path_) -> float:
         """Remove and crypto-erase a memory or symlink; returns its creation time (for the audit)."""

@@ -310,8 +310,13 @@ class Store:
             raise UnknownSessionError(f"unknown session {name!r}")
         return s
 
+    def note_activity(self) -> None:
+        """A face is serving a request: overwrite passes wait for a quiet moment (see Eraser)."""
+        self.eraser.note_activity()
+
     def tree(self, name: str, tier: MemoryTier, create: bool = False) -> DiskTree | RamTree:
         """A session's tree in a tier; with ``create``, the session and tier are made if missing."""
+        self.note_activity()
         if tier is MemoryTier.VOLATILE:
             t = self._ram.get(name)
             if t is None:
@@ -397,14 +402,20 @@ class Store:
         self._space_budget -= nbytes
         if self._space_budget >= 0:
             return  # far from full: a statvfs per 4 KiB write would cost more than the write
-        vfs = os.statvfs(self.base)
-        free = vfs.f_bavail * vfs.f_frsize
+        free = self._free_bytes()
+        if nbytes + SPACE_MARGIN > free and self.eraser.pending_bytes:
+            self.eraser.drain()  # deleted files hold their space until their passes are done
+            free = self._free_bytes()
         if nbytes + SPACE_MARGIN > free:
             self._space_budget = 0
             raise NoSpaceError("no space left on the store's disk")
         # growth allowed before the next look: a small share of what is free now, so the
         # check stays exact near full (others filling the disk still get ENOSPC from the write)
         self._space_budget = min(SPACE_BUDGET_MAX, (free - SPACE_MARGIN - nbytes) // 16)
+
+    def _free_bytes(self) -> int:
+        vfs = os.statvfs(self.base)
+        return vfs.f_bavail * vfs.f_frsize
 
     def arm_io_fault(self, op: str, err: int, count: int) -> None:
         """Test hook: fail the next ``count`` backing-file ``op``s (read/write/sync/truncate)."""

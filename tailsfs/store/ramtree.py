@@ -96,9 +96,6 @@ class RamHandle:
     def truncate(self, size: int) -> None:
         self.tree.truncate_node(self.node, size)
 
-    def flush(self) -> None:
-        pass
-
     def fsync(self, data_only: bool = False) -> None:
         pass
 
