@@ -1,7 +1,8 @@
 """Isolation: other users, other sessions, and what is left after an erase.
 
 - Another local user gets nothing from a mount without allow_other, and only what POSIX
-  permissions grant with it (the daemon mounts with default_permissions).
+  permissions grant with it (allow_other brings default_permissions; without it only the
+  mounting user gets in, and access(2) is answered by the daemon).
 - One session's keys open nothing of another session.
 - After unlink, TTL expiry, ``wipe --session`` and ``wipe --emergency``, no key left in the store
   opens what was erased. Each test keeps the erased files' bytes from before the erase and holds
@@ -160,6 +161,40 @@ def test_without_allow_other_another_user_cannot_reach_the_mount(public_mount) -
     assert got[0] == {"ok": [0, 0, 0o755]}, "the parent must be reachable, or the test proves nothing"
     assert errnos(got[1:]) == ["EACCES"] * 9
     assert sorted(os.listdir(d)) == ["public", "secret"]
+
+
+def _mount_options(mp: Path) -> list[str]:
+    with open("/proc/mounts") as fh:
+        for line in fh:
+            fields = line.split()
+            if fields[1] == str(mp):
+                return fields[3].split(",")
+    raise AssertionError(f"{mp} is not mounted")
+
+
+def test_kernel_permission_checks_come_with_allow_other(public_mount) -> None:
+    """default_permissions only when other users can come in; the mounting user is checked by the host."""
+    alone, shared = public_mount(), public_mount(["allow_other=1"])
+    assert "default_permissions" not in _mount_options(alone.mp)
+    assert {"default_permissions", "allow_other"} <= set(_mount_options(shared.mp))
+
+
+def test_access_as_root_follows_posix_without_default_permissions(public_mount) -> None:
+    """Root passes every check but X_OK on a file without an execute bit, as execve(2) would answer."""
+    m = public_mount()
+    d = m.mp / "persistent" / "acc"
+    d.mkdir()
+    plain, script, locked = d / "data", d / "run.sh", d / "locked"
+    for f, mode in ((plain, 0o644), (script, 0o755), (locked, 0o000)):
+        f.write_bytes(b"#!/bin/sh\ntrue\n")
+        f.chmod(mode)
+    assert not os.access(plain, os.X_OK)
+    assert os.access(script, os.X_OK) and os.access(d, os.X_OK)
+    assert os.access(locked, os.R_OK | os.W_OK) and not os.access(locked, os.X_OK)
+    assert subprocess.run([str(script)]).returncode == 0
+    with pytest.raises(PermissionError):
+        subprocess.run([str(plain)])
+    assert locked.read_bytes().startswith(b"#!")
 
 
 def test_with_allow_other_posix_permissions_decide(public_mount) -> None:

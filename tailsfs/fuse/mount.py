@@ -129,10 +129,13 @@ def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_k
         raise MountError(str(exc)) from None
     ops = TailsOperations(store, mountpoint=str(mp), prune_interval=cfg.prune_interval,
                           allow_other=cfg.allow_other, test_faults=test_faults)
-    opts = set(pyfuse3.default_options)
-    opts |= {"fsname=tailsfs", "subtype=tailsfs", "default_permissions", "noatime"}
+    opts = set(pyfuse3.default_options) - {"default_permissions"}
+    opts |= {"fsname=tailsfs", "subtype=tailsfs", "noatime"}
     if cfg.allow_other:
-        opts.add("allow_other")
+        # Other users come in: the kernel checks modes and owners for them. Without allow_other
+        # only the mounting user gets in at all (as with gocryptfs, which pairs the two the same
+        # way), and sparing the checks spares a GETATTR of the parent on every create and unlink.
+        opts |= {"allow_other", "default_permissions"}
     try:
         pyfuse3.init(ops, str(mp), opts)
     except RuntimeError as exc:

@@ -220,6 +220,23 @@ class TailsOperations(pyfuse3.Operations):
         return self._entry(node, self._attr(node))
 
     @_guard
+    def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        """access(2) without default_permissions (the caller is the mounting user): POSIX mode bits.
+
+        Root passes everything but X_OK on a file with no execute bit, as execve(2) would.
+        """
+        attr = self._attr(self.inodes.get(inode))
+        if ctx.uid == 0:
+            return not (mode & os.X_OK) or st.S_ISDIR(attr.mode) or bool(attr.mode & 0o111)
+        if ctx.uid == attr.uid:
+            bits = attr.mode >> 6
+        elif attr.gid == ctx.gid or attr.gid in pyfuse3.get_sup_groups(ctx.pid):
+            bits = attr.mode >> 3
+        else:
+            bits = attr.mode
+        return (bits & mode & 0o7) == mode & 0o7
+
+    @_guard
     def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
                 ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self.inodes.get(inode)
