@@ -5,9 +5,11 @@ any test runs, and "done" against generous deadlines.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -34,29 +36,30 @@ def trash(tmp_path: Path) -> Path:
     return t
 
 
-def test_passes_wait_while_requests_arrive_and_drain_does_not(trash: Path) -> None:
-    eraser = Eraser(trash, passes=1, quiet=60.0)
+@contextlib.contextmanager
+def _busy_eraser_with_one_file(trash: Path, quiet: float) -> Iterator[tuple[Eraser, Path]]:
+    """An eraser that has just seen a request, and one trashed file queued to it."""
+    eraser = Eraser(trash, passes=1, quiet=quiet)
     try:
         eraser.note_activity()
         f = _trashed(trash, "a")
         eraser.submit(f, 8192)
+        yield eraser, f
+    finally:
+        eraser.close()
+
+
+def test_passes_wait_while_requests_arrive_and_drain_does_not(trash: Path) -> None:
+    with _busy_eraser_with_one_file(trash, quiet=60.0) as (eraser, f):
         time.sleep(0.3)
         assert f.exists(), "overwritten while the store was busy"
         eraser.drain()
         assert not f.exists()
-    finally:
-        eraser.close()
 
 
 def test_passes_run_once_the_store_is_quiet(trash: Path) -> None:
-    eraser = Eraser(trash, passes=1, quiet=0.2)
-    try:
-        eraser.note_activity()
-        f = _trashed(trash, "a")
-        eraser.submit(f, 8192)
+    with _busy_eraser_with_one_file(trash, quiet=0.2) as (_eraser, f):
         _wait_gone(f)
-    finally:
-        eraser.close()
 
 
 def test_a_backlog_over_the_limit_is_erased_despite_activity(trash: Path) -> None:
