@@ -92,27 +92,26 @@ class DiskHandle:
         return self.of.ef.read_view(offset, size)
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
-        ef = self.of.ef
-        end = offset + len(data)
-        if end > MAX_FILE_SIZE:
-            raise oserror(errno.EFBIG, "file would exceed the 1 TiB limit")
-        if end > ef.size:
-            self.of.tree.store.ensure_space(end - ef.size)
-        n = ef.write(offset, data)
+        self._reserve(offset + len(data))
+        n = self.of.ef.write(offset, data)
         self.of.bytes_written += n
         return n
 
     def truncate(self, size: int) -> None:
-        ef = self.of.ef
-        if size > MAX_FILE_SIZE:
-            raise oserror(errno.EFBIG, "file would exceed the 1 TiB limit")
-        if size > ef.size:
-            self.of.tree.store.ensure_space(size - ef.size)
-        ef.truncate(size)
+        self._reserve(size)
+        self.of.ef.truncate(size)
         self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
 
     def fsync(self, data_only: bool = False) -> None:
         self.of.ef.fsync(data_only)
+
+    def _reserve(self, new_end: int) -> None:
+        """EFBIG past the size limit, ENOSPC when the disk cannot hold the growth: before any byte is written."""
+        if new_end > MAX_FILE_SIZE:
+            raise oserror(errno.EFBIG, "file would exceed the 1 TiB limit")
+        grow = new_end - self.of.ef.size
+        if grow > 0:
+            self.of.tree.store.ensure_space(grow)
 
     def getattr(self) -> Attr:
         return self.of.attr()

@@ -81,7 +81,7 @@ class Eraser:
     data is unreadable from that moment. The passes themselves wait until no
     request has arrived for ``quiet`` seconds (see :meth:`note_activity`):
     run alongside a burst of deletes or creates, this thread's GIL hand-offs
-    and fdatasyncs slowed every request by about half. They do not wait when
+    and fdatasyncs made each unlink about a third slower. They do not wait when
     the backlog holds ``max_pending_bytes`` (the trash holds disk space until
     it is erased), nor on :meth:`drain` and :meth:`close`. Entries left in the
     trash by a crash are queued again when the store opens.
