@@ -125,6 +125,7 @@ class DiskHandle:
 
 
 _EUID, _EGID = os.geteuid(), os.getegid()
+DIR_CACHE_MAX = 65536  # entries per tree in each directory cache; cleared whole when full
 
 
 class DiskTree:
@@ -139,6 +140,8 @@ class DiskTree:
         self._wrap = session.file_wrap_key
         self._dirmeta = Sealer(session.dir_meta_key)
         self._dirs: dict[str, DirInfo] = {}
+        self._dir_hosts: dict[Path_, Path] = {}
+        self._base_prefix = len(str(store.base)) + 1
         self._open: dict[int, OpenFile] = {}
         self._unsynced: set[int] = set()  # host inodes whose last header write failed
 
@@ -195,7 +198,7 @@ class DiskTree:
             dir_id = blob[:16]
             doc = json.loads(self._dirmeta.open(blob[16:], dir_id, "a directory record"))
             info = DirInfo(dir_id, doc.get("t"), {b64d(k): b64d(v) for k, v in doc.get("x", {}).items()})
-            if len(self._dirs) > 65536:
+            if len(self._dirs) > DIR_CACHE_MAX:
                 self._dirs.clear()
             self._dirs[key] = info
         return info
@@ -205,9 +208,23 @@ class DiskTree:
         return long_name(enc) if is_long(enc) else enc
 
     def _host(self, path: Path_) -> Path:
-        host = self.root
-        for name in path:
-            host = host / self._host_name(host, name)
+        if not path:
+            return self.root
+        parent = self._dir_host(path[:-1])
+        return parent / self._host_name(parent, path[-1])
+
+    def _dir_host(self, path: Path_) -> Path:
+        """A directory's host path, remembered: every request walks its parent's path.
+
+        The walk encrypts one name per level under each ancestor's id. Those ids change only
+        when a directory is removed or renamed, and both forget every remembered path.
+        """
+        host = self._dir_hosts.get(path)
+        if host is None:
+            host = self._host(path)
+            if len(self._dir_hosts) > DIR_CACHE_MAX:
+                self._dir_hosts.clear()
+            self._dir_hosts[path] = host
         return host
 
     def _split(self, path: Path_) -> tuple[Path, str, Path]:
@@ -235,7 +252,8 @@ class DiskTree:
             return None
 
     def relpath(self, host: Path) -> str:
-        return str(host.relative_to(self.store.base))
+        """The host path below the store's base (every host path of this tree lies there)."""
+        return str(host)[self._base_prefix:]
 
     def memory_id(self, path: Path_, created: float) -> str:
         key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
@@ -277,7 +295,9 @@ class DiskTree:
         return meta
 
     def getattr(self, path: Path_) -> Attr:
-        host = self._host(path)
+        return self._attr_at(path, self._host(path))
+
+    def _attr_at(self, path: Path_, host: Path) -> Attr:
         try:
             return self._attr_of(host, os.lstat(host))
         except IntegrityError as exc:
@@ -340,6 +360,7 @@ class DiskTree:
         self._forget_dirs(host)
 
     def _forget_dirs(self, host: Path) -> None:
+        self._dir_hosts.clear()
         prefix = str(host)
         for key in [k for k in self._dirs if k == prefix or k.startswith(prefix + "/")]:
             del self._dirs[key]
@@ -749,10 +770,12 @@ class DiskTree:
             os.chmod(host, mode & 0o7777, follow_symlinks=False) if not os.path.islink(host) else None
         self._chown(host, uid, gid)
         if atime_ns is not None or mtime_ns is not None:
-            s = os.lstat(host)
-            os.utime(host, ns=(atime_ns if atime_ns is not None else s.st_atime_ns,
-                               mtime_ns if mtime_ns is not None else s.st_mtime_ns), follow_symlinks=False)
-        return self.getattr(path)
+            if atime_ns is None or mtime_ns is None:
+                s = os.lstat(host)
+                atime_ns = s.st_atime_ns if atime_ns is None else atime_ns
+                mtime_ns = s.st_mtime_ns if mtime_ns is None else mtime_ns
+            os.utime(host, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        return self._attr_at(path, host)
 
     # -- per-file metadata: xattrs and TTL ----------------------------------------------------
     def _with_meta(self, path: Path_, change=None) -> Meta:
