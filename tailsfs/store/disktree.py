@@ -391,10 +391,19 @@ class DiskTree:
         self._write_sidecar(parent, name, path[-1])
         # Header first, under a temporary name: a kill mid-create must not leave a header-less file
         # under the real name (it would answer EIO). link() refuses an existing name, as O_EXCL did.
-        tmp = parent / (TMP_PREFIX + os.urandom(8).hex())
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+        spare = self.store.spares.take()
+        if spare is None:
+            tmp = parent / (TMP_PREFIX + os.urandom(8).hex())
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+        else:
+            fd, tmp = spare
         try:
-            self._chown(tmp, uid, gid, fd)
+            if spare is None:
+                self._chown(tmp, uid, gid, fd)
+            else:  # an erased file's inode: it still has the old file's owner and times
+                os.fchown(fd, _EUID if uid is None else uid, _EGID if gid is None else gid)
+                os.utime(fd)
+            os.fchmod(fd, mode & 0o7777)  # the mode asked for; the daemon's own umask is not the caller's
             of = self._new_file(fd, path, host, ttl if ttl is not None else self.default_ttl(path[:-1]), kind)
             try:
                 os.link(tmp, host)

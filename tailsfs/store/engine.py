@@ -10,6 +10,7 @@ Layout under the base directory (docs/FORMAT.md has the bytes):
     ttl/<file id>        the TTL index
     audit/               the audit trail, its wrapped root key and checkpoint
     trash/               erased files waiting for their overwrite passes
+    spare/               erased files, emptied, whose inodes the next creates reuse
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from .disktree import DiskTree, _fsync_dir
 from .erase import Eraser, overwrite, overwrite_tree
 from .nodes import NAME_MAX
 from .ramtree import RamTree
+from .spares import Spares
 from .tiers import DISK_TIERS, MemoryTier
 from .ttl import TtlIndex
 
@@ -48,7 +50,7 @@ NEXT_KEY_FILE = ".memory_key.next"
 OPEN_MARKER = ".open"  # present while a process has the store open: found at open, the last owner was killed
 SPACE_MARGIN = 1 << 20
 LOST_AND_FOUND = "lost+found"  # where fsck --repair moves what it cannot read
-STORE_DIRS = ("sessions", "ttl", "audit", "trash", LOST_AND_FOUND)
+STORE_DIRS = ("sessions", "ttl", "audit", "trash", "spare", LOST_AND_FOUND)
 SPACE_BUDGET_MAX = 64 << 20
 
 
@@ -167,7 +169,7 @@ class Store:
         _check_key_file_mode(key_path)
         self._passphrase, self._user_key = passphrase, user_key
         self.master = open_master(key_path.read_bytes(), passphrase=passphrase, user_key=user_key)
-        for name in ("sessions", "ttl", "audit", "trash"):
+        for name in ("sessions", "ttl", "audit", "trash", "spare"):
             (self.base / name).mkdir(mode=0o700, exist_ok=True)
         self._derive()
         self._finish_rekey()
@@ -180,7 +182,8 @@ class Store:
             raise
         self.audit = self._open_audit()
         self.ttl = TtlIndex(self.base / "ttl", self._ttl_sealer)
-        self.eraser = Eraser(self.base / "trash", self.config.overwrite_passes)
+        self.spares = Spares(self.base / "spare")
+        self.eraser = Eraser(self.base / "trash", self.config.overwrite_passes, keep=self.spares.offer)
         self.volatile_used = 0
         self._space_budget = 0
         self._ram: dict[str, RamTree] = {}

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 from ..format.header import HEADER_SIZE
 
@@ -28,11 +29,12 @@ def destroy_header(fd: int, sync: bool = True) -> None:
         os.fdatasync(fd)
 
 
-def overwrite(path: Path, passes: int) -> None:
+def overwrite(path: Path, passes: int, keep: Callable[[Path], bool] | None = None) -> None:
     """Overwrite a regular file ``passes`` times with random bytes, then unlink it.
 
     A file that still has other hard links is only unlinked: its data belongs
-    to a live name.
+    to a live name. ``keep``, when given, may take the overwritten file instead
+    of the unlink (it returns True when it did).
     """
     try:
         st = os.lstat(path)
@@ -48,6 +50,8 @@ def overwrite(path: Path, passes: int) -> None:
                 os.fdatasync(fd)
         finally:
             os.close(fd)
+    if keep is not None and st.st_nlink == 1 and keep(path):
+        return
     os.unlink(path)
 
 
@@ -88,9 +92,12 @@ class Eraser:
     """
 
     def __init__(self, trash: Path, passes: int, quiet: float = 0.5,
-                 max_pending_bytes: int = 256 << 20) -> None:
+                 max_pending_bytes: int = 256 << 20, keep: Callable[[Path], bool] | None = None) -> None:
         self.trash = trash
         self.passes = passes
+        # Offered each overwritten file instead of its unlink (store/spares.py). Not without passes:
+        # then the old chunks stay in the inode, as an unlinked file's stay on the medium.
+        self.keep = keep if passes > 0 else None
         self.quiet = quiet
         self.max_pending_bytes = max_pending_bytes
         self._last_activity = 0.0
@@ -151,7 +158,7 @@ class Eraser:
                 elif path.is_dir():
                     overwrite_tree(path, self.passes)
                 else:
-                    overwrite(path, self.passes)
+                    overwrite(path, self.passes, self.keep)
             except FileNotFoundError:
                 pass
             except OSError as exc:
