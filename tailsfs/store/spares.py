@@ -37,7 +37,13 @@ class Spares:
         """Keep an erased file as a spare if there is room; False tells the caller to remove it."""
         if self.limit <= 0 or len(self._names) >= self.limit:
             return False
-        os.truncate(path, 0)
+        # Through a descriptor closed here: ext4 flushes a file truncated to zero at its next
+        # close (auto_da_alloc), which would otherwise be the close of the memory built on it.
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)
         name = os.urandom(12).hex()
         os.rename(path, self.dir / name)
         self._names.append(name)
