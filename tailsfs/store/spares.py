@@ -8,7 +8,8 @@ handed to the next create, spares both the allocation and the free.
 
 A spare keeps nothing of what it held: its data was crypto-erased and
 overwritten before it gets here, then it is truncated to zero (its blocks go
-back to the host) and renamed to a random name. Only the inode survives.
+back to the host) and renamed to a random name. Only the inode survives, with
+its host birth time (btime), which nothing can reset.
 """
 from __future__ import annotations
 
@@ -27,8 +28,7 @@ class Spares:
         self.dir = directory
         self.limit = limit
         # Entries left by an earlier run are checked when taken, not here: mounting stays O(1) in files.
-        self._names: collections.deque[str] = collections.deque(
-            e.name for e in os.scandir(directory) if not e.name.startswith("."))
+        self._names: collections.deque[str] = collections.deque(e.name for e in os.scandir(directory))
 
     def __len__(self) -> int:
         return len(self._names)
