@@ -35,6 +35,7 @@ class MountConfig:
     allow_other: bool = False
     log_level: str = "WARNING"
     log_file: str = ""
+    poll_us: int = 200
 
     def store_config(self) -> StoreConfig:
         return StoreConfig(overwrite_passes=self.overwrite_passes, ephemeral_ttl=self.ephemeral_ttl,
@@ -44,6 +45,8 @@ class MountConfig:
         self.store_config()
         if not self.prune_interval > 0:
             raise ValueError("prune_interval must be > 0 seconds")
+        if not 0 <= self.poll_us <= 100_000:
+            raise ValueError("poll_us must be between 0 and 100000 microseconds")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 

@@ -128,7 +128,7 @@ def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_k
     except (KeyFileError, TailsError, OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
     ops = TailsOperations(store, mountpoint=str(mp), prune_interval=cfg.prune_interval,
-                          allow_other=cfg.allow_other, test_faults=test_faults)
+                          allow_other=cfg.allow_other, test_faults=test_faults, poll_window=cfg.poll_us / 1e6)
     opts = set(pyfuse3.default_options) - {"default_permissions"}
     opts |= {"fsname=tailsfs", "subtype=tailsfs", "noatime"}
     if cfg.allow_other:
@@ -164,7 +164,10 @@ def _serve(store: Store, ops: TailsOperations) -> int:
                 signal.signal(sig, lambda *_a: trio_token.run_sync_soon(pyfuse3.terminate))
             nursery.start_soon(ops.expiry_loop)
             nursery.start_soon(_tune_after_init, ops)
-            await pyfuse3.main(min_tasks=2, max_tasks=16)
+            nursery.start_soon(ops.poller.run)
+            # One worker: every handler is synchronous, so a second one could never run beside
+            # the first, and handing the read lock over between them cost time on every request.
+            await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
     code = exitcodes.OK
