@@ -41,6 +41,7 @@ _WRAP_AT = PREFIX_SIZE
 _META_LEN_AT = _WRAP_AT + WRAPPED_KEY_SIZE  # 88
 _META_AT = _META_LEN_AT + 2  # 90
 MAX_META = HEADER_SIZE - _META_AT - OVERHEAD
+_ZEROS = bytes(HEADER_SIZE)
 
 LABEL_CONTENT = b"tailsfs/v1/file-content"
 LABEL_META = b"tailsfs/v1/file-metadata"
@@ -97,7 +98,8 @@ class Header:
         (meta_len,) = struct.unpack_from(">H", raw, _META_LEN_AT)
         if not OVERHEAD <= meta_len <= MAX_META + OVERHEAD:
             raise IntegrityError(what, "metadata length out of range")
-        if any(raw[_META_AT + meta_len : HEADER_SIZE]):  # the padding is not sealed: it must be zeros
+        padding = raw[_META_AT + meta_len : HEADER_SIZE]
+        if padding != _ZEROS[: len(padding)]:  # the padding is not sealed: it must be zeros
             raise IntegrityError(what, "header padding is not zero (edited)")
         hdr = cls._with_key(tier, codec, chunk_size, file_id, prefix, wrapped, data_key, Meta())
         data_key.destroy()
