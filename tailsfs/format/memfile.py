@@ -70,8 +70,13 @@ class EncryptedFile:
     @classmethod
     def create(cls, backing: Backing, wrap: SecretKey | bytes, tier: int, codec: int, chunk_size: int,
                meta: Meta, what: str) -> "EncryptedFile":
+        """A new memory on an empty backing (a fresh host file or an emptied spare).
+
+        Not truncated here: every caller's file is empty, and an ftruncate is a journaled
+        metadata update per create. Stray bytes would be caught anyway: the host length
+        would disagree with the authenticated size at the next open.
+        """
         header = Header.new(wrap, tier, codec, chunk_size, meta)
-        backing.truncate(0)
         backing.pwrite(header.encode(), 0)
         return cls(backing, header, what)
 
