@@ -346,6 +346,61 @@ def test_unlink_while_open(shared_mount):
     assert f.read_bytes() == b"fresh"
 
 
+def test_deleted_inode_does_not_reach_a_new_file_under_its_name(shared_mount):
+    """Times, mode, attributes or a link target asked of a deleted inode (through an O_PATH
+    descriptor; the kernel itself writes back a ctime after every unlink) must neither change
+    nor show a new file under the old name."""
+    d = sess(shared_mount, "persistent", "unl-setattr")
+    f, link = d / "f", d / "l"
+    f.write_bytes(b"old")
+    os.setxattr(f, "user.colour", b"old")
+    link.symlink_to("old-target")
+    fd = os.open(f, os.O_PATH)
+    lfd = os.open(link, os.O_PATH | os.O_NOFOLLOW)
+    try:
+        os.unlink(f)
+        os.unlink(link)
+        f.write_bytes(b"new")
+        os.utime(f, ns=(1_000_000_000, 1_000_000_000))
+        os.chmod(f, 0o600)
+        os.setxattr(f, "user.colour", b"new")
+        link.symlink_to("new-target")
+        gone = f"/proc/self/fd/{fd}"
+        expect_errno(errno.ENOENT, os.utime, gone, ns=(2_000_000_000, 2_000_000_000))
+        expect_errno(errno.ENOENT, os.chmod, gone, 0o644)
+        expect_errno(errno.ENOENT, os.setxattr, gone, "user.colour", b"via-deleted")
+        expect_errno(errno.ENOENT, os.getxattr, gone, "user.colour")
+        expect_errno(errno.ENOENT, os.removexattr, gone, "user.colour")
+        expect_errno(errno.ENOENT, os.readlink, "", dir_fd=lfd)
+    finally:
+        os.close(fd)
+        os.close(lfd)
+    s = os.stat(f)
+    assert (s.st_mtime_ns, s.st_mode & 0o777) == (1_000_000_000, 0o600)
+    assert f.read_bytes() == b"new"
+    assert os.getxattr(f, "user.colour") == b"new"
+    assert os.readlink(link) == "new-target"
+
+
+def test_deleted_open_file_keeps_its_attributes_readable_not_writable(shared_mount):
+    d = sess(shared_mount, "persistent", "unl-xattr")
+    f = d / "f"
+    f.write_bytes(b"old")
+    os.setxattr(f, "user.colour", b"old")
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.unlink(f)
+        f.write_bytes(b"new")
+        os.setxattr(f, "user.colour", b"new")
+        assert os.getxattr(fd, "user.colour") == b"old"
+        expect_errno(errno.ENOENT, os.setxattr, fd, "user.colour", b"via-deleted")
+        assert os.pread(fd, 3, 0) == b"old"
+    finally:
+        os.close(fd)
+    assert os.getxattr(f, "user.colour") == b"new"
+    assert f.read_bytes() == b"new"
+
+
 def test_o_append(shared_mount):
     d = sess(shared_mount, "persistent", "app")
     f = d / "log"

@@ -249,6 +249,10 @@ class TailsOperations(pyfuse3.Operations):
         h = self.handles.get(fh) if fh is not None else None
         if h is None:
             h = self.open_by_ino.get(node.ino)
+        if node.unlinked and not isinstance(h, Handle):
+            # Its data is erased and its old name may belong to a new file already: nothing to
+            # change (this is also the ctime the kernel writes back after every unlink).
+            raise pyfuse3.FUSEError(errno.ENOENT)
         if size is not None and isinstance(h, Handle):
             h.inner.truncate(size)
             size = None
@@ -272,6 +276,8 @@ class TailsOperations(pyfuse3.Operations):
     @_guard
     def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self.inodes.get(inode)
+        if node.unlinked:  # its old path may name another link by now
+            raise pyfuse3.FUSEError(errno.ENOENT)
         return self._tree(node).readlink(self.inodes.path(node))
 
     # -- directories --------------------------------------------------------------------
@@ -555,10 +561,17 @@ class TailsOperations(pyfuse3.Operations):
         raise _eperm()  # hard links would share one data key between two names: refused
 
     # -- xattrs ----------------------------------------------------------------------------------
-    def _xattr_target(self, inode: int) -> tuple[Node, Any, tuple[bytes, ...]]:
+    def _xattr_target(self, inode: int, change: bool = False) -> tuple[Node, Any, tuple[bytes, ...]]:
+        """The node, its tree and its path; ENOENT for a deleted node the path no longer leads to.
+
+        A deleted file still open is read through its handle, but never changed: the store
+        reaches attributes by path, and the old path may name a new file by now.
+        """
         node = self.inodes.get(inode)
         if node.session is None:
             raise pyfuse3.FUSEError(errno.ENOTSUP)
+        if node.unlinked and (change or node.ino not in self.open_by_ino):
+            raise pyfuse3.FUSEError(errno.ENOENT)
         return node, self._tree(node), self.inodes.path(node)
 
     @_guard
@@ -573,7 +586,7 @@ class TailsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if name in READONLY_XATTRS:
             raise _eperm()
-        node, tree, path = self._xattr_target(inode)
+        node, tree, path = self._xattr_target(inode, change=True)
         if node.ino != CTL_INODE and ctx.uid not in (0, self._attr(node).uid):
             raise _eperm()
         if name == TTL_XATTR:
@@ -655,7 +668,7 @@ class TailsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         if name in READONLY_XATTRS:
             raise _eperm()
-        node, tree, path = self._xattr_target(inode)
+        node, tree, path = self._xattr_target(inode, change=True)
         if name == TTL_XATTR:
             if node.is_dir:
                 tree.set_dir_ttl(path, None)
