@@ -160,9 +160,13 @@ class TailsOperations(pyfuse3.Operations):
         h = self.open_by_ino.get(node.ino)
         if h is not None:
             return h.inner.getattr()
+        return self._tree(node).getattr(self._live_path(node))
+
+    def _live_path(self, node: Node) -> tuple[bytes, ...]:
+        """A node's store path; ENOENT once the node is deleted: its old path may name a new file by now."""
         if node.unlinked:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._tree(node).getattr(self.inodes.path(node))
+        return self.inodes.path(node)
 
     def _name_ok(self, name: bytes) -> None:
         check_name(name)
@@ -249,10 +253,6 @@ class TailsOperations(pyfuse3.Operations):
         h = self.handles.get(fh) if fh is not None else None
         if h is None:
             h = self.open_by_ino.get(node.ino)
-        if node.unlinked and not isinstance(h, Handle):
-            # Its data is erased and its old name may belong to a new file already: nothing to
-            # change (this is also the ctime the kernel writes back after every unlink).
-            raise pyfuse3.FUSEError(errno.ENOENT)
         if size is not None and isinstance(h, Handle):
             h.inner.truncate(size)
             size = None
@@ -267,7 +267,8 @@ class TailsOperations(pyfuse3.Operations):
         )
         if node.unlinked and isinstance(h, Handle):
             return self._entry(node, h.inner.getattr())
-        new = self._tree(node).setattr(self.inodes.path(node), **kwargs)
+        # a deleted node without a handle (also the ctime the kernel writes back after an unlink): ENOENT
+        new = self._tree(node).setattr(self._live_path(node), **kwargs)
         if isinstance(h, Handle):
             new = h.inner.getattr() if not (fields.update_mode or fields.update_uid or fields.update_gid
                                             or fields.update_atime or fields.update_mtime) else new
@@ -276,9 +277,7 @@ class TailsOperations(pyfuse3.Operations):
     @_guard
     def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         node = self.inodes.get(inode)
-        if node.unlinked:  # its old path may name another link by now
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._tree(node).readlink(self.inodes.path(node))
+        return self._tree(node).readlink(self._live_path(node))
 
     # -- directories --------------------------------------------------------------------
     @_guard
@@ -429,10 +428,8 @@ class TailsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EISDIR)
         if node.session is None:
             raise _eperm()
-        if node.unlinked:
-            raise pyfuse3.FUSEError(errno.ENOENT)
         tree = self._tree(node)
-        path = self.inodes.path(node)
+        path = self._live_path(node)
         accmode = flags & os.O_ACCMODE
         inner = tree.open(path, writable=accmode != os.O_RDONLY, truncate=bool(flags & os.O_TRUNC))
         reader = accmode in (os.O_RDONLY, os.O_RDWR)
@@ -570,9 +567,9 @@ class TailsOperations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         if node.session is None:
             raise pyfuse3.FUSEError(errno.ENOTSUP)
-        if node.unlinked and (change or node.ino not in self.open_by_ino):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return node, self._tree(node), self.inodes.path(node)
+        if node.unlinked and not change and node.ino in self.open_by_ino:
+            return node, self._tree(node), self.inodes.path(node)  # read through its handle
+        return node, self._tree(node), self._live_path(node)
 
     @_guard
     def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
