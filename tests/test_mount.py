@@ -569,6 +569,38 @@ def test_remount_keeps_tiers_except_volatile(mount):
     assert os.listdir(m.mp / "volatile") == []
 
 
+def test_times_set_through_a_descriptor_survive_close_fsync_and_remount(mount, tmp_path):
+    """cp -p sets the times through its descriptor after writing; closing (or an fsync) then
+    rewrites the header, which used to stamp the host file with that moment: after a remount
+    every such file showed the copy's time instead of the original's."""
+    m = mount()
+    d = session(m, "persistent")
+    src = tmp_path / "old.txt"
+    src.write_bytes(b"kept since 2001\n")
+    os.utime(src, ns=(978_307_200_000_000_000, 978_307_200_000_000_000))
+    run(["cp", "-p", str(src), str(d / "cp-p.txt")])
+    closed, synced = d / "closed.bin", d / "synced.bin"
+    for f, sync in ((closed, False), (synced, True)):
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, os.urandom(40_000))
+            os.utime(fd, ns=(1_000_000_000, 2_000_000_000))
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    expected = {"cp-p.txt": 978_307_200_000_000_000, "closed.bin": 2_000_000_000, "synced.bin": 2_000_000_000}
+    ram = session(m, "volatile") / "ram.bin"
+    with open(ram, "wb", buffering=0) as fh:
+        fh.write(b"in memory")
+        os.utime(fh.fileno(), ns=(1_000_000_000, 3_000_000_000))
+    assert os.stat(ram).st_mtime_ns == 3_000_000_000
+    m.remount()
+    got = {name: os.stat(d / name).st_mtime_ns for name in expected}
+    assert got == expected
+    assert (d / "cp-p.txt").read_bytes() == b"kept since 2001\n"
+
+
 def test_volatile_leaves_no_trace_on_disk(mount):
     m = mount()
     marker = b"VOLATILE-MARKER-" + secrets.token_hex(16).encode()

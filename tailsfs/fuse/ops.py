@@ -267,12 +267,10 @@ class TailsOperations(pyfuse3.Operations):
         )
         if node.unlinked and isinstance(h, Handle):
             return self._entry(node, h.inner.getattr())
+        if isinstance(h, Handle) and not (fields.update_mode or fields.update_uid or fields.update_gid):
+            return self._entry(node, h.inner.set_times(kwargs["atime_ns"], kwargs["mtime_ns"]))
         # a deleted node without a handle (also the ctime the kernel writes back after an unlink): ENOENT
-        new = self._tree(node).setattr(self._live_path(node), **kwargs)
-        if isinstance(h, Handle):
-            new = h.inner.getattr() if not (fields.update_mode or fields.update_uid or fields.update_gid
-                                            or fields.update_atime or fields.update_mtime) else new
-        return self._entry(node, new)
+        return self._entry(node, self._tree(node).setattr(self._live_path(node), **kwargs))
 
     @_guard
     def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:

@@ -57,11 +57,26 @@ class OpenFile:
         self.refs = 0
         self.trash: Path | None = None  # set when unlinked or expired while open
         self.bytes_written = 0
-        self.times_dirty = False
 
     @property
     def file_id(self) -> str:
         return self.ef.header.file_id.hex()
+
+    def sync_header(self) -> None:
+        """Write a changed header without changing the file's times.
+
+        The host file's times are the memory's times: its chunk writes set them,
+        and so does SETATTR, which the kernel's writeback cache sends after
+        flushing writes and which ``cp -p`` sends through its descriptor before
+        closing. The header is rewritten later, at close and at fsync; a plain
+        write would stamp the file with that moment instead of the times set.
+        """
+        if not self.ef.meta_dirty:
+            return
+        fd = self.ef.backing.fd  # type: ignore[attr-defined]
+        s = os.fstat(fd)
+        self.ef.sync_meta()
+        os.utime(fd, ns=(s.st_atime_ns, s.st_mtime_ns))
 
     def attr(self) -> Attr:
         s = os.fstat(self.ef.backing.fd)  # type: ignore[attr-defined]
@@ -103,6 +118,7 @@ class DiskHandle:
         self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
 
     def fsync(self, data_only: bool = False) -> None:
+        self.of.sync_header()
         self.of.ef.fsync(data_only)
 
     def _reserve(self, new_end: int) -> None:
@@ -114,6 +130,21 @@ class DiskHandle:
             self.of.tree.store.ensure_space(grow)
 
     def getattr(self) -> Attr:
+        return self.of.attr()
+
+    def set_times(self, atime_ns: int | None, mtime_ns: int | None) -> Attr:
+        """Set the times through the open file, without walking its path; the new attributes.
+
+        The kernel's writeback cache sends a file's times after every write it
+        flushes, so this is on the path of every small file written.
+        """
+        if atime_ns is not None or mtime_ns is not None:
+            fd = self.of.ef.backing.fd  # type: ignore[attr-defined]
+            if atime_ns is None or mtime_ns is None:
+                s = os.fstat(fd)
+                atime_ns = s.st_atime_ns if atime_ns is None else atime_ns
+                mtime_ns = s.st_mtime_ns if mtime_ns is None else mtime_ns
+            os.utime(fd, ns=(atime_ns, mtime_ns))
         return self.of.attr()
 
     def release(self) -> int:
@@ -511,10 +542,7 @@ class DiskTree:
         written, of.bytes_written = of.bytes_written, 0
         try:
             if of.trash is None:
-                if written:
-                    of.ef.sync_meta()
-                else:
-                    self._sync_keep_times(of)
+                of.sync_header()
         except OSError:
             self._unsynced.add(of.ino)  # its chunks may run past the header's size: heal at next open
             raise
@@ -537,19 +565,11 @@ class DiskTree:
         try:
             data = h.read(0, h.of.ef.size)
             self.note_read(h)
-            self._sync_keep_times(h.of)
+            h.of.sync_header()
             return data, h.of.ef.meta
         finally:
             h.release()
 
-    def _sync_keep_times(self, of: OpenFile) -> None:
-        """Write the header for a metadata-only change without touching mtime."""
-        if not of.ef.meta_dirty:
-            return
-        fd = of.ef.backing.fd  # type: ignore[attr-defined]
-        s = os.fstat(fd)
-        of.ef.sync_meta()
-        os.utime(fd, ns=(s.st_atime_ns, s.st_mtime_ns))
 
     def write_all(self, path: Path_, data: bytes, ttl: float | None, kind: int, mode: int = 0o600) -> Meta:
         """Replace a memory atomically: write aside, fsync, rename over, erase the old one."""
@@ -796,7 +816,7 @@ class DiskTree:
                 new = Meta(meta.size, meta.created, meta.expires_at, meta.access_count, meta.kind, dict(meta.xattrs))
                 change(new)
                 h.of.ef.set_meta(new)
-                self._sync_keep_times(h.of)
+                h.of.sync_header()
                 if new.expires_at != meta.expires_at:
                     self.store.ttl.set(h.of.file_id, self.relpath(self._host(h.of.path)), new.expires_at)
                 return new

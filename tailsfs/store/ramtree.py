@@ -102,6 +102,9 @@ class RamHandle:
     def getattr(self) -> Attr:
         return self.tree.attr(self.node)
 
+    def set_times(self, atime_ns: int | None, mtime_ns: int | None) -> Attr:
+        return self.tree.set_times(self.node, atime_ns, mtime_ns)
+
     def release(self) -> int:
         if self.closed:
             return 0
@@ -398,6 +401,9 @@ class RamTree:
             node.uid = uid
         if gid is not None:
             node.gid = gid
+        return self.set_times(node, atime_ns, mtime_ns)
+
+    def set_times(self, node: RamNode, atime_ns: int | None, mtime_ns: int | None) -> Attr:
         if atime_ns is not None:
             node.atime_ns = atime_ns
         if mtime_ns is not None:
