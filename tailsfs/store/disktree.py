@@ -570,7 +570,6 @@ class DiskTree:
         finally:
             h.release()
 
-
     def write_all(self, path: Path_, data: bytes, ttl: float | None, kind: int, mode: int = 0o600) -> Meta:
         """Replace a memory atomically: write aside, fsync, rename over, erase the old one."""
         self._ensure_parent(path)
