@@ -459,7 +459,12 @@ def test_mount_t_fuse_tailsfs_and_fstab(sbin_helper, tmp_path):
 
 
 def test_mount_t_without_tailsfs_bin(sbin_helper, tmp_path):
-    """With tailsfs on the caller's PATH (an activated venv) and no TAILSFS_BIN, mount -t must still work."""
+    """Without TAILSFS_BIN, mount -t must still find tailsfs.
+
+    mount(8) runs its helper with a fixed PATH of its own (/usr/local/sbin:/usr/local/bin:/usr/sbin:
+    ...), not the caller's, so the venv on PATH below is not what is found: scripts/install's
+    /usr/local/bin/tailsfs link is. Run the install first, as the README's test command does.
+    """
     base, mp = tmp_path / "store", tmp_path / "mnt"
     new_store(base)
     mp.mkdir()
