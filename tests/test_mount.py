@@ -346,6 +346,23 @@ def test_unlink_while_open(shared_mount):
     assert f.read_bytes() == b"fresh"
 
 
+def test_fallocate_is_refused_cleanly_and_posix_fallocate_works(shared_mount):
+    """pyfuse3 has no fallocate handler: the syscall answers EOPNOTSUPP and leaves the file as it was;
+    glibc's posix_fallocate falls back to writing, so the size it asks for is reached with zeros."""
+    d = sess(shared_mount, "persistent", "falloc")
+    f = d / "f"
+    f.write_bytes(b"kept")
+    r = run_fail(["fallocate", "-l", "1M", str(f)])
+    assert "not supported" in r.stderr, r.stderr
+    assert f.read_bytes() == b"kept"
+    fd = os.open(f, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, 100_000)
+    finally:
+        os.close(fd)
+    assert f.read_bytes() == b"kept" + bytes(100_000 - 4)
+
+
 def test_deleted_inode_does_not_reach_a_new_file_under_its_name(shared_mount):
     """Times, mode, attributes or a link target asked of a deleted inode (through an O_PATH
     descriptor; the kernel itself writes back a ctime after every unlink) must neither change
