@@ -138,13 +138,7 @@ class DiskHandle:
         The kernel's writeback cache sends a file's times after every write it
         flushes, so this is on the path of every small file written.
         """
-        if atime_ns is not None or mtime_ns is not None:
-            fd = self.of.ef.backing.fd  # type: ignore[attr-defined]
-            if atime_ns is None or mtime_ns is None:
-                s = os.fstat(fd)
-                atime_ns = s.st_atime_ns if atime_ns is None else atime_ns
-                mtime_ns = s.st_mtime_ns if mtime_ns is None else mtime_ns
-            os.utime(fd, ns=(atime_ns, mtime_ns))
+        _set_times(self.of.ef.backing.fd, atime_ns, mtime_ns)  # type: ignore[attr-defined]
         return self.of.attr()
 
     def release(self) -> int:
@@ -153,6 +147,18 @@ class DiskHandle:
             return 0
         self.closed = True
         return self.of.tree._release(self.of)
+
+
+def _set_times(target: int | Path, atime_ns: int | None, mtime_ns: int | None) -> None:
+    """Set the access and modification times of a descriptor or a path (never followed); None keeps one."""
+    if atime_ns is None and mtime_ns is None:
+        return
+    follow = isinstance(target, int)  # a descriptor has no link to follow; a path's symlink keeps its own times
+    if atime_ns is None or mtime_ns is None:
+        s = os.stat(target, follow_symlinks=follow)
+        atime_ns = s.st_atime_ns if atime_ns is None else atime_ns
+        mtime_ns = s.st_mtime_ns if mtime_ns is None else mtime_ns
+    os.utime(target, ns=(atime_ns, mtime_ns), follow_symlinks=follow)
 
 
 _EUID, _EGID = os.geteuid(), os.getegid()
@@ -797,12 +803,7 @@ class DiskTree:
         if mode is not None:
             os.chmod(host, mode & 0o7777, follow_symlinks=False) if not os.path.islink(host) else None
         self._chown(host, uid, gid)
-        if atime_ns is not None or mtime_ns is not None:
-            if atime_ns is None or mtime_ns is None:
-                s = os.lstat(host)
-                atime_ns = s.st_atime_ns if atime_ns is None else atime_ns
-                mtime_ns = s.st_mtime_ns if mtime_ns is None else mtime_ns
-            os.utime(host, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        _set_times(host, atime_ns, mtime_ns)
         return self._attr_at(path, host)
 
     # -- per-file metadata: xattrs and TTL ----------------------------------------------------
