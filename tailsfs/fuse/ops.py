@@ -385,7 +385,7 @@ class TailsOperations(pyfuse3.Operations):
         self._name_ok(name)
         tree = self._tree(parent)
         path = self.inodes.path(parent) + (name,)
-        inner = tree.create(path, mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid)
+        inner = tree.create(path, mode & ~ctx.umask & 0o7777, ctx.uid, ctx.gid, keep_times=True)
         node = self.inodes.child(parent, name, is_dir=False)
         node.lookups += 1
         fh = self._new_fh(Handle(node, inner, tree, path, reader=False))
@@ -429,7 +429,8 @@ class TailsOperations(pyfuse3.Operations):
         tree = self._tree(node)
         path = self._live_path(node)
         accmode = flags & os.O_ACCMODE
-        inner = tree.open(path, writable=accmode != os.O_RDONLY, truncate=bool(flags & os.O_TRUNC))
+        # the kernel keeps the times of the files it caches writes for: they change only by SETATTR
+        inner = tree.open(path, writable=accmode != os.O_RDONLY, truncate=bool(flags & os.O_TRUNC), keep_times=True)
         reader = accmode in (os.O_RDONLY, os.O_RDWR)
         if reader:
             count = tree.note_read(inner)

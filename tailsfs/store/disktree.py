@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import stat as st
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -57,30 +58,78 @@ class OpenFile:
         self.refs = 0
         self.trash: Path | None = None  # set when unlinked or expired while open
         self.bytes_written = 0
+        self.kept_times: tuple[int, int] | None = None  # (atime, mtime) while a face keeps them: keep_times
+        self.times_moved = False  # a chunk write has moved the host file's times off kept_times
+        self._stat: os.stat_result | None = None  # the host file's last stat, while times are kept
+
+    def keep_times(self, s: os.stat_result) -> None:
+        """From now on only :meth:`set_times` changes the memory's times; writes leave them.
+
+        The mount's kernel keeps an open file's times itself while it caches
+        its writes, and sends them (SETATTR) only when a write moved them,
+        which a write within the clock tick they already show does not. The
+        times our chunk writes give the host file would then be times the
+        kernel never showed, so the kept ones are put back at every header
+        write. ``s`` is a stat of the host file as it is now.
+        """
+        if self.kept_times is None:
+            self.kept_times = (s.st_atime_ns, s.st_mtime_ns)
+            self._stat = s
 
     @property
     def file_id(self) -> str:
         return self.ef.header.file_id.hex()
 
     def sync_header(self) -> None:
-        """Write a changed header without changing the file's times.
+        """Write a changed header, leaving the file's times as they were set.
 
-        The host file's times are the memory's times: its chunk writes set them,
-        and so does SETATTR, which the kernel's writeback cache sends after
-        flushing writes and which ``cp -p`` sends through its descriptor before
-        closing. The header is rewritten later, at close and at fsync; a plain
-        write would stamp the file with that moment instead of the times set.
+        The host file's times are the memory's times: the kept ones while a
+        face keeps them (the mount: see keep_times), else those its chunk
+        writes gave it. The header is rewritten later, at close and at fsync,
+        and a plain write would stamp the file with that moment instead (after
+        ``cp -p`` has set the times through its descriptor, for one).
         """
+        fd = self.ef.backing.fd  # type: ignore[attr-defined]
+        if self.kept_times is not None:
+            # No stat: with multigrain timestamps (ext4 on Linux 6.13+), a change within a tick of a stat
+            # of the same file gets a fine-grained time, which advances the clock the kernel reads for
+            # every file's times. The next write through the mount would then always move its file's
+            # times, and cost a SETATTR round trip.
+            if self.ef.meta_dirty or self.times_moved:
+                self.ef.sync_meta()
+                os.utime(fd, ns=self.kept_times)
+                self.times_moved = False
+            return
         if not self.ef.meta_dirty:
             return
-        fd = self.ef.backing.fd  # type: ignore[attr-defined]
         s = os.fstat(fd)
         self.ef.sync_meta()
         os.utime(fd, ns=(s.st_atime_ns, s.st_mtime_ns))
 
+    def set_times(self, atime_ns: int | None, mtime_ns: int | None) -> Attr:
+        """Set the times (None keeps one); the new attributes."""
+        fd = self.ef.backing.fd  # type: ignore[attr-defined]
+        if self.kept_times is None:
+            _set_times(fd, atime_ns, mtime_ns)
+            return self.attr()
+        atime, mtime = self.kept_times
+        self.kept_times = (atime if atime_ns is None else atime_ns, mtime if mtime_ns is None else mtime_ns)
+        os.utime(fd, ns=self.kept_times)
+        self.times_moved = False
+        return self._attr_from(self._stat, time.time_ns())  # no stat, as in sync_header
+
     def attr(self) -> Attr:
         s = os.fstat(self.ef.backing.fd)  # type: ignore[attr-defined]
+        if self.kept_times is not None:
+            self._stat = s
+        return self._attr_from(s, s.st_ctime_ns)
+
+    def _attr_from(self, s: os.stat_result | None, ctime_ns: int) -> Attr:
+        assert s is not None
         a = attr_from_stat(s, self.ef.size, self.ef.meta.expires_at)
+        a.ctime_ns = ctime_ns
+        if self.kept_times is not None:
+            a.atime_ns, a.mtime_ns = self.kept_times
         if self.trash is not None:
             a.nlink = 0
         return a
@@ -110,11 +159,13 @@ class DiskHandle:
         self._reserve(offset + len(data))
         n = self.of.ef.write(offset, data)
         self.of.bytes_written += n
+        self.of.times_moved = True
         return n
 
     def truncate(self, size: int) -> None:
         self._reserve(size)
         self.of.ef.truncate(size)
+        self.of.times_moved = True
         self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
 
     def fsync(self, data_only: bool = False) -> None:
@@ -135,11 +186,10 @@ class DiskHandle:
     def set_times(self, atime_ns: int | None, mtime_ns: int | None) -> Attr:
         """Set the times through the open file, without walking its path; the new attributes.
 
-        The kernel's writeback cache sends a file's times after every write it
-        flushes, so this is on the path of every small file written.
+        The kernel's writeback cache sends a file's times after the writes it
+        flushes when they changed them, so this is on the path of many files written.
         """
-        _set_times(self.of.ef.backing.fd, atime_ns, mtime_ns)  # type: ignore[attr-defined]
-        return self.of.attr()
+        return self.of.set_times(atime_ns, mtime_ns)
 
     def release(self) -> int:
         """Drop this handle; returns bytes written through the file since its last writer closed."""
@@ -423,7 +473,8 @@ class DiskTree:
 
     # -- files ------------------------------------------------------------------------
     def create(self, path: Path_, mode: int = 0o644, uid: int | None = None, gid: int | None = None,
-               ttl: float | None = None, kind: int = KIND_BYTES) -> DiskHandle:
+               ttl: float | None = None, kind: int = KIND_BYTES, keep_times: bool = False) -> DiskHandle:
+        """A new, empty memory, open for writing; ``keep_times``: see :meth:`OpenFile.keep_times`."""
         parent, name, host = self._split(path)
         self._write_sidecar(parent, name, path[-1])
         # Header first, under a temporary name: a kill mid-create must not leave a header-less file
@@ -441,32 +492,34 @@ class DiskTree:
                 os.fchown(fd, _EUID if uid is None else uid, _EGID if gid is None else gid)
                 os.utime(fd)
             os.fchmod(fd, mode & 0o7777)  # the mode asked for; the daemon's own umask is not the caller's
-            of = self._new_file(fd, path, host, ttl if ttl is not None else self.default_ttl(path[:-1]), kind)
+            ttl = ttl if ttl is not None else self.default_ttl(path[:-1])
+            now = self.store.clock.now()
+            meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
+            ef = EncryptedFile.create(FdBacking(fd), self._wrap, self.tier.code, self.tier.codec,
+                                      self.tier.chunk_size, meta, "a memory")
+            if meta.expires_at is not None:
+                self.store.ttl.set(ef.header.file_id.hex(), self.relpath(host), meta.expires_at)
             try:
                 os.link(tmp, host)
             except BaseException:
-                del self._open[of.ino]
-                self.store.ttl.remove(of.file_id)
+                self.store.ttl.remove(ef.header.file_id.hex())
                 raise
         except BaseException:
             os.close(fd)
             os.unlink(tmp)
             raise
         os.unlink(tmp)
+        # The first stat comes after the last change: see OpenFile.sync_header for why that matters.
+        s = os.fstat(fd)
+        of = OpenFile(self, ef, s.st_ino, path)
+        self._open[of.ino] = of
+        if keep_times:
+            of.keep_times(s)
         return DiskHandle(of, True)
 
-    def _new_file(self, fd: int, path: Path_, host: Path, ttl: float | None, kind: int) -> OpenFile:
-        now = self.store.clock.now()
-        meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-        ef = EncryptedFile.create(FdBacking(fd), self._wrap, self.tier.code, self.tier.codec,
-                                  self.tier.chunk_size, meta, "a memory")
-        of = OpenFile(self, ef, os.fstat(fd).st_ino, path)
-        self._open[of.ino] = of
-        if meta.expires_at is not None:
-            self.store.ttl.set(of.file_id, self.relpath(host), meta.expires_at)
-        return of
-
-    def open(self, path: Path_, writable: bool = True, truncate: bool = False) -> DiskHandle:
+    def open(self, path: Path_, writable: bool = True, truncate: bool = False,
+             keep_times: bool = False) -> DiskHandle:
+        """Open a memory; ``keep_times``: see :meth:`OpenFile.keep_times`."""
         host = self._host(path)
         s = os.lstat(host)
         if st.S_ISDIR(s.st_mode):
@@ -487,6 +540,8 @@ class DiskTree:
             self._open[of.ino] = of
         else:
             self._check_live(of.ef.meta)
+        if keep_times:
+            of.keep_times(s)
         handle = DiskHandle(of, writable)
         if truncate:
             handle.truncate(0)
@@ -803,7 +858,11 @@ class DiskTree:
         if mode is not None:
             os.chmod(host, mode & 0o7777, follow_symlinks=False) if not os.path.islink(host) else None
         self._chown(host, uid, gid)
-        _set_times(host, atime_ns, mtime_ns)
+        of = self._open.get(os.lstat(host).st_ino) if atime_ns is not None or mtime_ns is not None else None
+        if of is not None and of.kept_times is not None:
+            of.set_times(atime_ns, mtime_ns)  # else its next header write would put back the old times
+        else:
+            _set_times(host, atime_ns, mtime_ns)
         return self._attr_at(path, host)
 
     # -- per-file metadata: xattrs and TTL ----------------------------------------------------

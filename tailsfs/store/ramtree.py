@@ -61,10 +61,11 @@ class RamLink(RamNode):
 
 
 class RamHandle:
-    def __init__(self, tree: "RamTree", node: RamFile, writable: bool) -> None:
+    def __init__(self, tree: "RamTree", node: RamFile, writable: bool, keep_times: bool = False) -> None:
         self.tree = tree
         self.node = node
         self.writable = writable
+        self.keep_times = keep_times  # writes leave the times to set_times (DiskTree.OpenFile.keep_times)
         self.closed = False
         self.bytes_written = 0
         node.refs += 1
@@ -89,12 +90,13 @@ class RamHandle:
                 node.data.extend(bytes(offset - len(node.data)))
         node.data[offset:end] = data
         node.meta.size = len(node.data)
-        node.mtime_ns = node.ctime_ns = time.time_ns()
+        if not self.keep_times:
+            node.mtime_ns = node.ctime_ns = time.time_ns()
         self.bytes_written += len(data)
         return len(data)
 
     def truncate(self, size: int) -> None:
-        self.tree.truncate_node(self.node, size)
+        self.tree.truncate_node(self.node, size, stamp=not self.keep_times)
 
     def fsync(self, data_only: bool = False) -> None:
         pass
@@ -235,31 +237,32 @@ class RamTree:
 
     # -- files ----------------------------------------------------------------------
     def create(self, path: Path_, mode: int = 0o644, uid: int | None = None, gid: int | None = None,
-               ttl: float | None = None, kind: int = KIND_BYTES) -> RamHandle:
+               ttl: float | None = None, kind: int = KIND_BYTES, keep_times: bool = False) -> RamHandle:
         parent, name = self._parent(path)
         ttl = ttl if ttl is not None else self.default_ttl(path[:-1])
         now = self.store.clock.now()
         node = RamFile(mode, uid or 0, gid or 0, Meta(created=now, expires_at=now + ttl if ttl else None, kind=kind))
         self._link(parent, name, node)
         self._track_expiry(node)
-        return RamHandle(self, node, True)
+        return RamHandle(self, node, True, keep_times)
 
     def _track_expiry(self, node: RamFile) -> None:
         if node.meta.expires_at is not None:
             heapq.heappush(self._expiring, (node.meta.expires_at, id(node), node))
 
-    def open(self, path: Path_, writable: bool = True, truncate: bool = False) -> RamHandle:
+    def open(self, path: Path_, writable: bool = True, truncate: bool = False,
+             keep_times: bool = False) -> RamHandle:
         node = self._node(path)
         if isinstance(node, RamDir):
             raise oserror(errno.EISDIR)
         if not isinstance(node, RamFile):
             raise oserror(errno.ELOOP)
-        handle = RamHandle(self, node, writable)
+        handle = RamHandle(self, node, writable, keep_times)
         if truncate:
             handle.truncate(0)
         return handle
 
-    def truncate_node(self, node: RamFile, size: int) -> None:
+    def truncate_node(self, node: RamFile, size: int, stamp: bool = True) -> None:
         if size < 0:
             raise oserror(errno.EINVAL)
         old = len(node.data)
@@ -271,7 +274,8 @@ class RamTree:
             del node.data[size:]
             self.store.charge_volatile(size - old)
         node.meta.size = size
-        node.mtime_ns = node.ctime_ns = time.time_ns()
+        if stamp:
+            node.mtime_ns = node.ctime_ns = time.time_ns()
 
     def note_read(self, handle: RamHandle) -> int:
         handle.node.meta.access_count += 1
