@@ -116,6 +116,7 @@ class OpenFile:
         self.kept_times = (atime if atime_ns is None else atime_ns, mtime if mtime_ns is None else mtime_ns)
         os.utime(fd, ns=self.kept_times)
         self.times_moved = False
+        assert self._stat is not None  # set with kept_times
         return self._attr_from(self._stat, time.time_ns())  # no stat, as in sync_header
 
     def attr(self) -> Attr:
@@ -124,8 +125,7 @@ class OpenFile:
             self._stat = s
         return self._attr_from(s, s.st_ctime_ns)
 
-    def _attr_from(self, s: os.stat_result | None, ctime_ns: int) -> Attr:
-        assert s is not None
+    def _attr_from(self, s: os.stat_result, ctime_ns: int) -> Attr:
         a = attr_from_stat(s, self.ef.size, self.ef.meta.expires_at)
         a.ctime_ns = ctime_ns
         if self.kept_times is not None:
