@@ -1,7 +1,14 @@
-"""The request poller: it polls only while requests keep coming, and never burns CPU on an idle mount."""
+"""The request poller: it polls the FUSE device only while requests keep coming, and never burns CPU on an idle mount.
+
+The unit tests stand a pipe in for /dev/fuse and wait on it the way pyfuse3
+does, through the ``trio.lowlevel`` attributes the poller replaces. Whether a
+wait is polling or parked in trio's epoll shows in trio's public I/O
+statistics (``tasks_waiting_read``).
+"""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 
@@ -9,9 +16,9 @@ import pytest
 import trio
 
 from tailsfs.config import MountConfig, set_option
-from tailsfs.fuse.polling import RequestPoller
+from tailsfs.fuse.polling import RequestPoller, is_fuse_device
 
-from conftest import CLI, REPO
+from conftest import CLI, REPO, _fuse_available, is_mounted, pid_alive
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -21,46 +28,155 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_poller_spins_after_a_request_then_parks():
+def _parked_waits() -> int:
+    """Tasks parked in trio's epoll until a descriptor is readable (trio's own wake-up socket included)."""
+    return trio.lowlevel.current_statistics().io_statistics.tasks_waiting_read
+
+
+async def _serve_requests(fd: int, served: list[float]) -> None:
+    """pyfuse3's loop in miniature: wait for the device, read one request, repeat."""
+    while True:
+        await trio.lowlevel.wait_readable(fd)
+        os.read(fd, 1)
+        served.append(time.perf_counter())
+
+
+@pytest.fixture
+def pipe():
+    r, w = os.pipe()
+    yield r, w
+    os.close(r)
+    os.close(w)
+
+
+def test_wait_polls_after_a_request_then_parks(pipe):
+    r, w = pipe
+    poller = RequestPoller(0.05, is_device=lambda fd: fd == r)
+
     async def scenario() -> None:
-        poller = RequestPoller(0.02)
+        served: list[float] = []
+        await trio.sleep(0.01)  # trio's own waits start with its first tasks
+        idle = _parked_waits()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(poller.run)
-            await trio.sleep(0.01)
-            assert poller._parked is not None, "no request yet: the poller must be asleep"
-            poller.note_request()
-            await trio.sleep(0)
-            await trio.sleep(0)
-            assert poller._parked is None, "a request came: the poller must be polling"
-            await trio.sleep(0.1)
-            assert poller._parked is not None, "the window passed: the poller must sleep again"
+            nursery.start_soon(_serve_requests, r, served)
+            await trio.sleep(0.02)
+            assert _parked_waits() == idle + 1, "no request yet: the wait must be parked in trio"
+            for n in (1, 2):  # the first request wakes a parked wait, the second finds it polling
+                os.write(w, b"x")
+                with trio.fail_after(1):
+                    while len(served) < n:
+                        await trio.sleep(0.001)
+                assert _parked_waits() == idle, "a request came: the wait must be polling the device"
+            await trio.sleep(0.2)
+            assert _parked_waits() == idle + 1, "the window passed: the wait must be parked again"
+            os.write(w, b"x")
+            with trio.fail_after(1):
+                while len(served) < 3:
+                    await trio.sleep(0.001)
             nursery.cancel_scope.cancel()
-    trio.run(scenario)
+
+    with poller.installed():
+        trio.run(scenario)
 
 
-def test_poller_off_returns_at_once():
+@pytest.mark.parametrize("polling", [True, False], ids=["while-polling", "while-parked"])
+def test_notify_closing_ends_the_wait(pipe, polling):
+    """pyfuse3.terminate() ends its loop through notify_closing, wherever the wait is."""
+    r, w = pipe
+    poller = RequestPoller(5.0 if polling else 0.001, is_device=lambda fd: fd == r)
+    if polling:
+        poller.last_request = time.perf_counter()
+
     async def scenario() -> None:
-        poller = RequestPoller(0.0)
-        with trio.fail_after(1):
-            await poller.run()
-        poller.note_request()  # harmless when off
-        assert poller._parked is None
-    trio.run(scenario)
+        await trio.sleep(0.01)  # trio's own waits start with its first tasks
+        idle = _parked_waits()
+        with trio.fail_after(2):  # a wait that missed the notice would spin for 5 s, then park for good
+            async with trio.open_nursery() as nursery:
+                async def waiter() -> None:
+                    with pytest.raises(trio.ClosedResourceError):
+                        await trio.lowlevel.wait_readable(r)
+                nursery.start_soon(waiter)
+                await trio.sleep(0.05)
+                assert _parked_waits() == (idle if polling else idle + 1)
+                trio.lowlevel.notify_closing(r)
+
+    with poller.installed():
+        trio.run(scenario)
 
 
-def test_parked_poller_uses_no_cpu():
-    async def scenario() -> float:
-        poller = RequestPoller(0.001)
+def test_other_descriptors_wait_in_trio(pipe):
+    r, w = pipe
+    poller = RequestPoller(5.0, is_device=lambda fd: False)
+    poller.last_request = time.perf_counter()
+
+    async def scenario() -> None:
+        served: list[float] = []
+        await trio.sleep(0.01)  # trio's own waits start with its first tasks
+        idle = _parked_waits()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(poller.run)
-            poller.note_request()
+            nursery.start_soon(_serve_requests, r, served)
+            await trio.sleep(0.02)
+            assert _parked_waits() == idle + 1
+            os.write(w, b"x")
+            with trio.fail_after(1):
+                while not served:
+                    await trio.sleep(0.001)
+            nursery.cancel_scope.cancel()
+
+    with poller.installed():
+        trio.run(scenario)
+
+
+def test_installed_restores_trio_and_off_installs_nothing():
+    wait, notify = trio.lowlevel.wait_readable, trio.lowlevel.notify_closing
+    poller = RequestPoller(0.001)
+    with poller.installed():
+        assert trio.lowlevel.wait_readable == poller.wait_readable
+        assert trio.lowlevel.notify_closing == poller.notify_closing
+    assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify)
+    with pytest.raises(RuntimeError):
+        with RequestPoller(0.001).installed():
+            raise RuntimeError("the mount loop failed")
+    assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify)
+    with RequestPoller(0.0).installed():
+        assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify)
+
+
+def test_parked_wait_uses_no_cpu(pipe):
+    r, w = pipe
+    poller = RequestPoller(0.001, is_device=lambda fd: fd == r)
+
+    async def scenario() -> float:
+        served: list[float] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve_requests, r, served)
+            os.write(w, b"x")
             await trio.sleep(0.05)
+            assert served
             start = time.process_time()
             await trio.sleep(0.5)
             used = time.process_time() - start
             nursery.cancel_scope.cancel()
         return used
-    assert trio.run(scenario) < 0.1
+
+    with poller.installed():
+        assert trio.run(scenario) < 0.1
+
+
+def test_only_dev_fuse_is_the_device(pipe):
+    _fuse_available()
+    fd = os.open("/dev/fuse", os.O_RDWR)
+    try:
+        assert is_fuse_device(fd)
+    finally:
+        os.close(fd)
+    null = os.open(os.devnull, os.O_RDONLY)
+    try:
+        assert not is_fuse_device(null)  # a character device too, another number
+    finally:
+        os.close(null)
+    assert not is_fuse_device(pipe[0])
+    assert not is_fuse_device(10_000)  # not open at all
 
 
 def test_poll_us_option_is_checked():
@@ -98,3 +214,23 @@ def test_mounted_daemon_idles_after_a_burst(mount, options):
     time.sleep(1.0)
     assert _cpu_seconds(pid) - before < 0.1
     assert sorted(p.name for p in session.iterdir()) == sorted(f"f{i}" for i in range(200))
+
+
+@pytest.mark.parametrize("options", [[], ["poll_us=100000"]])
+def test_mount_stops_on_sigterm_while_polling(mount, options):
+    """SIGTERM in the middle of a burst ends the loop, even while the wait is polling."""
+    m = mount(options=options)
+    session = m.mp / "persistent" / "sig"
+    session.mkdir()
+    (session / "kept").write_bytes(b"written before the signal")
+    pid = m.pids[-1]
+    for _ in range(50):
+        os.stat(session / "kept")
+    os.kill(pid, signal.SIGTERM)  # within the window of the last request: the wait is polling
+    deadline = time.monotonic() + 30
+    while pid_alive(pid) or is_mounted(m.mp):
+        assert time.monotonic() < deadline, f"the daemon did not stop on SIGTERM\nlog:\n{m.log}"
+        time.sleep(0.02)
+    m.mounted = False
+    m.mount()
+    assert (m.mp / "persistent" / "sig" / "kept").read_bytes() == b"written before the signal"

@@ -27,6 +27,7 @@ from ..config import MountConfig, default_base, load_config, set_option
 from ..errors import IntegrityError, KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
 from .ops import TailsOperations
+from .polling import RequestPoller
 from .tuning import set_readahead
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,7 @@ def _open_and_mount(mp: Path, cfg: MountConfig, passphrase: bytes | None, user_k
     except (KeyFileError, TailsError, OSError, ValueError) as exc:
         raise MountError(str(exc)) from None
     ops = TailsOperations(store, mountpoint=str(mp), prune_interval=cfg.prune_interval,
-                          allow_other=cfg.allow_other, test_faults=test_faults, poll_window=cfg.poll_us / 1e6)
+                          allow_other=cfg.allow_other, test_faults=test_faults)
     opts = set(pyfuse3.default_options) - {"default_permissions"}
     opts |= {"fsname=tailsfs", "subtype=tailsfs", "noatime"}
     if cfg.allow_other:
@@ -152,7 +153,7 @@ async def _tune_after_init(ops: TailsOperations) -> None:
     set_readahead(ops.mountpoint)
 
 
-def _serve(store: Store, ops: TailsOperations) -> int:
+def _serve(store: Store, ops: TailsOperations, poll_window: float) -> int:
     """Run until unmounted or signalled; always release the store."""
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -164,7 +165,6 @@ def _serve(store: Store, ops: TailsOperations) -> int:
                 signal.signal(sig, lambda *_a: trio_token.run_sync_soon(pyfuse3.terminate))
             nursery.start_soon(ops.expiry_loop)
             nursery.start_soon(_tune_after_init, ops)
-            nursery.start_soon(ops.poller.run)
             # One worker: every handler is synchronous, so a second one could never run beside
             # the first, and handing the read lock over between them cost time on every request.
             await pyfuse3.main(min_tasks=1, max_tasks=1)
@@ -172,7 +172,8 @@ def _serve(store: Store, ops: TailsOperations) -> int:
 
     code = exitcodes.OK
     try:
-        trio.run(main)
+        with RequestPoller(poll_window).installed():
+            trio.run(main)
     except BaseException as exc:  # noqa: BLE001 - the store must be released whatever happened
         log.error("the FUSE loop stopped with %s", type(exc).__name__)
         code = exitcodes.FAILURE
@@ -210,7 +211,7 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
         except MountError as exc:
             print(f"tailsfs: {exc}", file=sys.stderr)
             return exc.code
-        return _serve(store, ops)
+        return _serve(store, ops, cfg.poll_us / 1e6)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -227,7 +228,7 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
                 os.dup2(devnull, fd)
             os.write(write_fd, f"ok {os.getpid()}\n".encode())
             os.close(write_fd)
-            code = _serve(store, ops)
+            code = _serve(store, ops, cfg.poll_us / 1e6)
         except MountError as exc:
             os.write(write_fd, f"{exc.code} {exc}\n".encode())
         except BaseException as exc:  # noqa: BLE001

@@ -27,7 +27,6 @@ from ..store.engine import Store, check_session_name
 from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
 from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
-from .polling import RequestPoller
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +43,6 @@ def _guard(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: "TailsOperations", *args: Any) -> Any:
         self.store.note_activity()
-        self.poller.note_request()
         try:
             return fn(self, *args)
         except pyfuse3.FUSEError:
@@ -97,10 +95,9 @@ class TailsOperations(pyfuse3.Operations):
     enable_writeback_cache = True
 
     def __init__(self, store: Store, *, mountpoint: str = "", prune_interval: float = 60.0,
-                 allow_other: bool = False, test_faults: bool = False, poll_window: float = 0.0) -> None:
+                 allow_other: bool = False, test_faults: bool = False) -> None:
         super().__init__()
         self.store = store
-        self.poller = RequestPoller(poll_window)
         self.mountpoint = mountpoint
         self.prune_interval = prune_interval
         self.allow_other = allow_other
