@@ -80,7 +80,7 @@ class OpenFile:
     def file_id(self) -> str:
         return self.ef.header.file_id.hex()
 
-    def sync_header(self) -> None:
+    def sync_header(self, put_back_times: bool = True) -> None:
         """Write a changed header, leaving the file's times as they were set.
 
         The host file's times are the memory's times: the kept ones while a
@@ -88,6 +88,12 @@ class OpenFile:
         writes gave it. The header is rewritten later, at close and at fsync,
         and a plain write would stamp the file with that moment instead (after
         ``cp -p`` has set the times through its descriptor, for one).
+
+        ``put_back_times=False`` (fsync) leaves kept times that chunk writes
+        moved for the release to put back: changing the host file's times
+        changes its inode, and on ext4 that made every fsync wait for a
+        journal commit (about 60 µs of a 4 KiB write+fsync's 0.3 ms here).
+        Times set through set_times are written at once either way.
         """
         fd = self.ef.backing.fd  # type: ignore[attr-defined]
         if self.kept_times is not None:
@@ -95,8 +101,10 @@ class OpenFile:
             # of the same file gets a fine-grained time, which advances the clock the kernel reads for
             # every file's times. The next write through the mount would then always move its file's
             # times, and cost a SETATTR round trip.
-            if self.ef.meta_dirty or self.times_moved:
+            if self.ef.meta_dirty:
                 self.ef.sync_meta()
+                self.times_moved = True
+            if put_back_times and self.times_moved:
                 os.utime(fd, ns=self.kept_times)
                 self.times_moved = False
             return
@@ -169,7 +177,7 @@ class DiskHandle:
         self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
 
     def fsync(self, data_only: bool = False) -> None:
-        self.of.sync_header()
+        self.of.sync_header(put_back_times=False)
         self.of.ef.fsync(data_only)
 
     def _reserve(self, new_end: int) -> None:
