@@ -41,6 +41,21 @@ async def _serve_requests(fd: int, served: list[float]) -> None:
         served.append(time.perf_counter())
 
 
+async def _start_serving(nursery: trio.Nursery, fd: int, served: list[float]) -> int:
+    """Start :func:`_serve_requests` on ``fd``; the number of waits parked in trio before it started."""
+    await trio.sleep(0.01)  # trio's own waits start with its first tasks
+    idle = _parked_waits()
+    nursery.start_soon(_serve_requests, fd, served)
+    await trio.sleep(0.02)
+    return idle
+
+
+async def _until_served(served: list[float], n: int) -> None:
+    with trio.fail_after(1):
+        while len(served) < n:
+            await trio.sleep(0.001)
+
+
 @pytest.fixture
 def pipe():
     r, w = os.pipe()
@@ -55,24 +70,17 @@ def test_wait_polls_after_a_request_then_parks(pipe):
 
     async def scenario() -> None:
         served: list[float] = []
-        await trio.sleep(0.01)  # trio's own waits start with its first tasks
-        idle = _parked_waits()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_serve_requests, r, served)
-            await trio.sleep(0.02)
+            idle = await _start_serving(nursery, r, served)
             assert _parked_waits() == idle + 1, "no request yet: the wait must be parked in trio"
             for n in (1, 2):  # the first request wakes a parked wait, the second finds it polling
                 os.write(w, b"x")
-                with trio.fail_after(1):
-                    while len(served) < n:
-                        await trio.sleep(0.001)
+                await _until_served(served, n)
                 assert _parked_waits() == idle, "a request came: the wait must be polling the device"
             await trio.sleep(0.2)
             assert _parked_waits() == idle + 1, "the window passed: the wait must be parked again"
             os.write(w, b"x")
-            with trio.fail_after(1):
-                while len(served) < 3:
-                    await trio.sleep(0.001)
+            await _until_served(served, 3)
             nursery.cancel_scope.cancel()
 
     with poller.installed():
@@ -111,16 +119,12 @@ def test_other_descriptors_wait_in_trio(pipe):
 
     async def scenario() -> None:
         served: list[float] = []
-        await trio.sleep(0.01)  # trio's own waits start with its first tasks
-        idle = _parked_waits()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_serve_requests, r, served)
-            await trio.sleep(0.02)
+            idle = await _start_serving(nursery, r, served)
             assert _parked_waits() == idle + 1
             os.write(w, b"x")
-            with trio.fail_after(1):
-                while not served:
-                    await trio.sleep(0.001)
+            await _until_served(served, 1)
+            assert _parked_waits() == idle + 1, "not the device: the wait must park in trio even right after a request"
             nursery.cancel_scope.cancel()
 
     with poller.installed():
