@@ -346,7 +346,7 @@ class DiskTree:
             log.warning("skipping a directory entry whose name does not authenticate")
             return None
 
-    def relpath(self, host: Path) -> str:
+    def relpath(self, host: Path | str) -> str:
         """The host path below the store's base (every host path of this tree lies there)."""
         return str(host)[self._base_prefix:]
 
@@ -360,7 +360,7 @@ class DiskTree:
         return f"memory '{self.session.name}:{key}' in the {self.tier.value} tier"
 
     # -- attributes ---------------------------------------------------------------
-    def _attr_of(self, host: Path, s: os.stat_result) -> Attr:
+    def _attr_of(self, host: Path | str, s: os.stat_result) -> Attr:
         if st.S_ISREG(s.st_mode):
             of = self._open.get(s.st_ino)
             if of is not None:
@@ -378,7 +378,7 @@ class DiskTree:
             return attr_from_stat(s, len(self._read_symlink(host)))
         return attr_from_stat(s)
 
-    def _peek_meta(self, host: Path) -> Meta:
+    def _peek_meta(self, host: Path | str) -> Meta:
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
@@ -407,7 +407,7 @@ class DiskTree:
                 if name is None:
                     continue
                 try:
-                    yield name, self._attr_of(Path(entry.path), entry.stat(follow_symlinks=False))
+                    yield name, self._attr_of(entry.path, entry.stat(follow_symlinks=False))
                 except (FileNotFoundError, IntegrityError):
                     continue
                 except OSError as exc:
@@ -822,7 +822,7 @@ class DiskTree:
     def readlink(self, path: Path_) -> bytes:
         return self._read_symlink(self._host(path))
 
-    def _read_symlink(self, host: Path) -> bytes:
+    def _read_symlink(self, host: Path | str) -> bytes:
         try:
             return self._names.decrypt(os.readlink(host), b"symlink")
         except OSError as exc:
