@@ -69,8 +69,8 @@ class OpenFile:
         its writes, and sends them (SETATTR) only when a write moved them,
         which a write within the clock tick they already show does not. The
         times our chunk writes give the host file would then be times the
-        kernel never showed, so the kept ones are put back at every header
-        write. ``s`` is a stat of the host file as it is now.
+        kernel never showed, so the close puts the kept ones back (see
+        sync_header). ``s`` is a stat of the host file as it is now.
         """
         if self.kept_times is None:
             self.kept_times = (s.st_atime_ns, s.st_mtime_ns)
@@ -81,7 +81,7 @@ class OpenFile:
         return self.ef.header.file_id.hex()
 
     def sync_header(self, put_back_times: bool = True) -> None:
-        """Write a changed header, leaving the file's times as they were set.
+        """Write a changed header; put back the times that were set, unless that is left to the close.
 
         The host file's times are the memory's times: the kept ones while a
         face keeps them (the mount: see keep_times), else those its chunk
