@@ -256,8 +256,10 @@ class _Fsck:
             sdir = store.base / "sessions" / sid
             self.problem(f"session record sessions/{sid}/key", "does not authenticate under the master key",
                          host=sdir)
-        for fid in list(store.ttl.damaged):
-            self.problem(f"TTL index entry ttl/{fid}", "does not authenticate", host=store.base / "ttl" / fid)
+        for name in list(store.ttl.damaged):
+            self.problem(f"TTL index journal ttl/{name}",
+                         "did not authenticate and was set aside when the store opened (the check below "
+                         "finds the memories it no longer indexes)", host=store.base / "ttl" / name)
         for name in sorted(store.sessions):
             for tier in DISK_TIERS:
                 if store.has_tier(name, tier):
@@ -284,6 +286,16 @@ class _Fsck:
                                   + (" (removed)" if self.repair else " (harmless; --repair removes it)"))
                 if self.repair:
                     self.store.ttl.remove(fid)
+
+    def _check_indexed(self, session: str, tier: MemoryTier, mpath: str, tree: DiskTree, host: Path,
+                       file_id: str, expires_at: float | None) -> None:
+        """A memory that expires must be in the TTL index, or nothing erases it when it does."""
+        if expires_at is None or file_id in self.store.ttl.by_id:
+            return
+        self.notes.append(f"memory {session}:{mpath} in the {tier.value} tier expires but is not in the TTL index"
+                          + (" (indexed again)" if self.repair else " (--repair indexes it)"))
+        if self.repair:
+            self.store.ttl.set(file_id, tree.relpath(host), expires_at)
 
     def _walk(self, session: str, tier: MemoryTier, tree: DiskTree) -> None:
         stack: list[tuple[str, Path]] = [("", tree.root)]
@@ -335,7 +347,7 @@ class _Fsck:
                     if self.progress:
                         self.progress(self.checked)
                     try:
-                        tree.check_file(child)
+                        self._check_indexed(session, tier, mpath, tree, child, *tree.check_file(child))
                     except (IntegrityError, ValueError) as exc:
                         self.problem("memory", _detail(exc), session, tier.value, mpath, child, sidecars)
                     except OSError as exc:

@@ -531,15 +531,20 @@ def test_fsck_damaged_session_record_and_ttl_entry(store):
     raw[-1] ^= 1
     doc["wrapped"] = base64.b64encode(bytes(raw)).decode()
     record.write_text(json.dumps(doc))
-    ttl = sorted((store / "ttl").iterdir())[0]
-    ttl.write_bytes(ttl.read_bytes()[:-1] + bytes([ttl.read_bytes()[-1] ^ 1]))
+    journal = store / "ttl" / "journal"
+    data = journal.read_bytes()
+    journal.write_bytes(data[:30] + bytes([data[30] ^ 1]) + data[31:])  # inside the key check: no record is read
     r = run("fsck", "--base", str(store))
     assert r.returncode == 4
     assert f"session record sessions/{record.parent.name}/key" in r.stdout
-    assert f"TTL index entry ttl/{ttl.name}" in r.stdout
+    assert "TTL index journal ttl/damaged-journal-" in r.stdout
+    assert "expires but is not in the TTL index (--repair indexes it)" in r.stdout
     r = run("fsck", "--base", str(store), "--repair")
     assert r.returncode == 4
-    assert run("fsck", "--base", str(store)).returncode == 0
+    assert "expires but is not in the TTL index (indexed again)" in r.stdout
+    r = run("fsck", "--base", str(store))
+    assert r.returncode == 0
+    assert "TTL index" not in r.stdout
 
 
 def test_fsck_reports_broken_audit_chain(store):

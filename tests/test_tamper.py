@@ -33,6 +33,7 @@ from conftest import CLI, Mount, _fuse_available, expect_errno, is_mounted, sess
 HEADER = 4096
 RAW_CHUNK = 16384
 ARCHIVE_CHUNK = 65536
+TTL_RECORDS_AT = 4 + 1 + 16 + 28  # FORMAT.md §5.1: magic, version, generation, the key check box
 FAST_ARGON = ["--argon2-memory-kib", "19456", "--argon2-iterations", "2", "--argon2-lanes", "1"]
 
 
@@ -70,7 +71,7 @@ def created(base: Path, what: Callable[[], object], find: Callable[[Path], set[P
 
 
 def file_id(host: Path) -> str:
-    """A memory's file id: header bytes 12..27, which also names its TTL index entry."""
+    """A memory's file id: header bytes 12..27, which its TTL index record also names."""
     with open(host, "rb") as fh:
         return fh.read(28)[12:28].hex()
 
@@ -266,7 +267,7 @@ def _copy_older_records(lab: Lab) -> None:
     lab.old["replay_hdr header"] = get(lab.hosts["replay_hdr"], 0, HEADER)
     lab.old["replay_chunk slot 2"] = get(lab.hosts["replay_chunk"], *slot(2, RAW_CHUNK))
     lab.old["sub .dir"] = (lab.hosts["sub"] / ".dir").read_bytes()
-    lab.old["ttlfile entry"] = (base / "ttl" / file_id(lab.hosts["ttlfile"])).read_bytes()
+    lab.old["ttl journal"] = (base / "ttl" / "journal").read_bytes()
     lab.old["state"] = (base / "state").read_bytes()
 
 
@@ -315,8 +316,11 @@ def _tamper(lab: Lab) -> None:
     h["gone"].write_bytes(lab.old["gone"])
     (h["sub"] / ".dir").write_bytes(lab.old["sub .dir"])
     swap(h["s1"] / ".dir", h["s2"] / ".dir")
-    (base / "ttl" / file_id(h["ttlfile"])).write_bytes(lab.old["ttlfile entry"])
-    (base / "ttl" / file_id(h["ttl_b"])).write_bytes((base / "ttl" / file_id(h["ttl_a"])).read_bytes())
+    journal = base / "ttl" / "journal"
+    journal.write_bytes(lab.old["ttl journal"])  # the index as it was before ttlfile's TTL changed
+    first = journal.read_bytes()[TTL_RECORDS_AT:]
+    with open(journal, "ab") as fh:  # its first record again, at the end: records are bound to their place
+        fh.write(first[: 4 + int.from_bytes(first[:4], "big")])
     (base / "sessions" / lab.sids["gamma"] / "key").write_bytes(lab.old["gamma record"])
     (base / "sessions" / lab.sids["zeta"] / "key").write_bytes((base / "sessions" / lab.sids["eps"] / "key").read_bytes())
     (base / "state").write_bytes(lab.old["state"])
@@ -434,12 +438,14 @@ def test_session_record_copied_over_another_is_refused(lab):
     assert f"session record sessions/{sid}/key" in lab.fsck.stdout
 
 
-def test_ttl_entry_copied_over_another_is_refused(lab):
-    """A TTL entry under another file's name does not authenticate; the header still rules the memory."""
-    fid = file_id(lab.hosts["ttl_b"])
-    assert f"TTL index entry ttl/{fid}" in lab.fsck.stdout
-    assert read_all(lab_path(lab, "ttl_b")) == lab.data["ttl_b"]
-    assert float(os.getxattr(lab_path(lab, "ttl_b"), "user.tails.expires_at")) > time.time()
+def test_ttl_record_replayed_at_another_place_is_refused(lab):
+    """A journal record copied to another position does not authenticate; the journal is set aside, reported,
+    and what came before the copy still indexes the memories."""
+    assert "TTL index journal ttl/damaged-journal-" in lab.fsck.stdout
+    for key in ("ttl_a", "ttl_b"):
+        assert read_all(lab_path(lab, key)) == lab.data[key]
+        assert float(os.getxattr(lab_path(lab, key), "user.tails.expires_at")) > time.time()
+        assert int(os.getxattr(lab_path(lab, key), "user.tails.ttl")) > 0
 
 
 def test_directory_records_exchanged_hide_entries_and_fsck_names_them(lab):

@@ -960,14 +960,15 @@ class DiskTree:
                     elif entry.is_file(follow_symlinks=False):
                         yield path + (name,), Path(entry.path)
 
-    def check_file(self, host: Path) -> None:
-        """Authenticate one memory completely (fsck)."""
+    def check_file(self, host: Path) -> tuple[str, float | None]:
+        """Authenticate one memory completely (fsck); its file id and expiry, for the TTL index."""
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
             if not ef.host_matches_size():
                 raise IntegrityError("a memory", "host file length disagrees with the authenticated size")
             ef.verify()
+            return ef.header.file_id.hex(), ef.meta.expires_at
         finally:
             os.close(fd)
 

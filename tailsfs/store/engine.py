@@ -7,7 +7,7 @@ Layout under the base directory (docs/FORMAT.md has the bytes):
     state                sealed: the clock's high-water mark
     sessions/<id>/key    a session's key wrapped by the master key, and its sealed name
     sessions/<id>/<tier>/...   the session's tree in that disk tier
-    ttl/<file id>        the TTL index
+    ttl/journal          the TTL index
     audit/               the audit trail, its wrapped root key and checkpoint
     trash/               erased files waiting for their overwrite passes
     spare/               erased files, emptied, whose inodes the next creates reuse
@@ -492,6 +492,7 @@ class Store:
             s.key.destroy()
         self.sessions.clear()
         self.audit._close_fd()
+        self.ttl.close()
         self.eraser.close()
         count += destroy_store_files(self.base, self.config.overwrite_passes, on_progress)
         self.closed = True
@@ -571,16 +572,8 @@ class Store:
             except IntegrityError:
                 sessions.append(self._load_session(sdir, new_wrap, new_meta))
         self.sessions = {s.name: s for s in sessions}
-        ttl_dir = self.base / "ttl"
-        old_ttl = self._ttl_sealer
-        entries = {}
-        for p in ttl_dir.iterdir():
-            for sealer in (old_ttl, Sealer(kdf.derive(new, kdf.LABEL_TTL_INDEX))):
-                try:
-                    entries[p.name] = sealer.open(p.read_bytes(), p.name.encode(), "ttl")
-                    break
-                except IntegrityError:
-                    continue
+        new_ttl = Sealer(kdf.derive(new, kdf.LABEL_TTL_INDEX))
+        ttl = TtlIndex(self.base / "ttl", self._ttl_sealer, others=(new_ttl,))  # whichever key sealed it
         state = self.base / "state"
         clock = None
         for sealer in (old_meta, new_meta):
@@ -590,9 +583,8 @@ class Store:
             except IntegrityError:
                 continue
         self._apply_new_master(new)
-        new_ttl = Sealer(kdf.derive(new, kdf.LABEL_TTL_INDEX))
-        for name, plain in entries.items():
-            (ttl_dir / name).write_bytes(new_ttl.seal(plain, name.encode()))
+        ttl.rewrite_all(self._ttl_sealer)
+        ttl.close()
         if clock is not None:
             _write_private(state, self._meta_sealer.seal(clock, b"state"))
         audit_state = self.base / "audit" / "state"
@@ -630,6 +622,7 @@ class Store:
             self.eraser.close()
             self.save_state()
             self.audit.close()
+            self.ttl.close()
             (self.base / OPEN_MARKER).unlink(missing_ok=True)
             for s in self.sessions.values():
                 s.key.destroy()

@@ -1,25 +1,51 @@
 """The TTL index: which memories expire, and when.
 
-One small sealed file per expiring memory under ``ttl/`` (named by the
-memory's random file id), loaded into a heap when the store opens: opening
-costs grows with the number of memories that can expire, never with the
-number of persistent ones, and pruning costs grows with the number expired.
+One append-only journal, ``ttl/journal`` (docs/FORMAT.md §5.1): every record
+sets or drops one memory's expiry, so indexing a new memory costs one
+``write``. The first design kept one small file per expiring memory; on an
+ext4 host without a journal each of those files cost an inode allocation at
+create and a free at unlink, which made ephemeral creates and unlinks about
+twice as slow as persistent ones (docs/PERFORMANCE.md, thirteenth round).
+
+The journal is loaded into a heap when the store opens, and rewritten with
+only the live entries once dead records outnumber them: opening costs grow
+with the number of memories that can expire, never with the number of
+persistent ones, and pruning costs grow with the number expired.
 
 The index only accelerates: the authoritative expiry is in each memory's
-authenticated header, checked on every open. A deleted index entry cannot
-make an expired memory readable; a forged one cannot get a live memory
-erased (prune re-checks the header).
+authenticated header, checked on every open. A dropped record cannot make an
+expired memory readable; a forged one does not authenticate, and a replayed
+one cannot get a live memory erased (prune re-checks the header).
 """
 from __future__ import annotations
 
 import heapq
 import json
+import logging
 import os
+import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Sequence
 
-from ..crypto.aead import Sealer
+from ..crypto.aead import OVERHEAD, Sealer
 from ..errors import IntegrityError
+
+log = logging.getLogger(__name__)
+
+JOURNAL = "journal"
+DAMAGED_PREFIX = "damaged-"
+_MAGIC = b"TTLJ"
+_VERSION = 1
+_HEAD = struct.Struct(">4sB16s")  # magic, version, generation
+_CHECK_AT = _HEAD.size
+_RECORDS_AT = _CHECK_AT + OVERHEAD  # the check box seals nothing: it only names the key
+_LEN = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
+MAX_RECORD = 1 << 16  # a host path of a deep tree fits many times over
+COMPACT_SLACK = 256  # dead records tolerated beyond the live count before a rewrite
+_LEGACY_NAME = re.compile(r"[0-9a-f]{32}")  # the first design's one file per entry
 
 
 @dataclass
@@ -30,62 +56,217 @@ class TtlEntry:
 
 
 class TtlIndex:
-    def __init__(self, directory: Path, sealer: Sealer) -> None:
+    """The expiring memories, in memory and in the journal.
+
+    ``others``: keys the journal may also be sealed under (a rekey cut short);
+    a journal found under one of them is rewritten under ``sealer``.
+    """
+
+    def __init__(self, directory: Path, sealer: Sealer, others: Sequence[Sealer] = ()) -> None:
         self.dir = directory
         self._sealer = sealer
         self.by_id: dict[str, TtlEntry] = {}
         self.by_path: dict[str, str] = {}  # host path → file id, for stat without reading headers
         self._heap: list[tuple[float, str]] = []
-        self.damaged: list[str] = []
-        for path in directory.iterdir():
+        self._fd = -1
+        self._generation = b""
+        self._records = 0
+        self._end = 0
+        legacy = self._load_legacy()
+        if self._load_journal(others) or legacy:
+            self._rewrite()
+        self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]  # one entry each, whatever was replayed
+        heapq.heapify(self._heap)
+        for name in legacy:
+            os.unlink(self.dir / name)
+        self.damaged: list[str] = sorted(p.name for p in directory.iterdir() if p.name.startswith(DAMAGED_PREFIX))
+
+    # -- loading --------------------------------------------------------------------
+    def _load_legacy(self) -> list[str]:
+        """Entries of the first design (``ttl/<file id>``), read into the journal; what does not open is set aside."""
+        found = []
+        for path in self.dir.iterdir():
             if path.name.endswith(".tmp"):
                 path.unlink()
-                continue
-            try:
-                doc = json.loads(self._sealer.open(path.read_bytes(), path.name.encode(), "a TTL index entry"))
-                self._remember(TtlEntry(path.name, doc["p"], float(doc["x"])))
-            except (IntegrityError, ValueError, KeyError):
-                self.damaged.append(path.name)
+            elif _LEGACY_NAME.fullmatch(path.name):
+                try:
+                    doc = json.loads(self._sealer.open(path.read_bytes(), path.name.encode(), "a TTL index entry"))
+                    self._remember(TtlEntry(path.name, doc["p"], float(doc["x"])))
+                    found.append(path.name)
+                except (IntegrityError, ValueError, KeyError, TypeError):
+                    self._set_aside(path)
+        return found
 
+    def _load_journal(self, others: Sequence[Sealer]) -> bool:
+        """Read every record that authenticates; True when the journal must be written afresh."""
+        path = self.dir / JOURNAL
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return True
+        sealer = self._key_of(data, others)
+        if sealer is None:
+            log.error("the TTL index journal does not authenticate; set aside")
+            self._set_aside(path)
+            return True
+        pos, seq, damaged = _RECORDS_AT, 0, False
+        while pos < len(data):
+            if pos + _LEN.size > len(data):
+                break  # a record cut short by a crash mid-append: dropped
+            (n,) = _LEN.unpack_from(data, pos)
+            if pos + _LEN.size + n > len(data) and n <= MAX_RECORD:
+                break
+            try:
+                if n > MAX_RECORD:
+                    raise IntegrityError("a TTL index record", "length out of range")
+                box = data[pos + _LEN.size : pos + _LEN.size + n]
+                self._apply(json.loads(sealer.open(box, self._ad(data[5:21], seq), "a TTL index record")))
+            except (IntegrityError, ValueError, KeyError, TypeError):
+                damaged = True  # what follows cannot be framed safely: stop here
+                break
+            pos += _LEN.size + n
+            seq += 1
+        if damaged:
+            log.error("TTL index journal record %d does not authenticate; the journal is set aside", seq)
+            self._set_aside(path)
+            return True
+        self._generation, self._records, self._end = data[5:21], seq, pos
+        if sealer is not self._sealer:
+            return True
+        if pos < len(data):
+            os.truncate(path, pos)
+        self._open_for_append(path)
+        return False
+
+    def _key_of(self, data: bytes, others: Sequence[Sealer]) -> Sealer | None:
+        if len(data) < _RECORDS_AT:
+            return None
+        magic, version, generation = _HEAD.unpack_from(data, 0)
+        if magic != _MAGIC or version != _VERSION:
+            return None
+        for sealer in (self._sealer, *others):
+            try:
+                sealer.open(data[_CHECK_AT:_RECORDS_AT], data[:_CHECK_AT], "the TTL index journal")
+                return sealer
+            except IntegrityError:
+                continue
+        return None
+
+    def _apply(self, doc: dict[str, Any]) -> None:
+        file_id = doc["i"]
+        if not isinstance(file_id, str):
+            raise TypeError("file id")
+        if "x" in doc:
+            self._forget(file_id)
+            self._remember(TtlEntry(file_id, str(doc["p"]), float(doc["x"])))
+        else:
+            self._forget(file_id)
+
+    def _set_aside(self, path: Path) -> None:
+        """Keep what did not authenticate for fsck to report (and --repair to move to lost+found)."""
+        os.replace(path, self.dir / f"{DAMAGED_PREFIX}{path.name}-{os.urandom(4).hex()}")
+
+    # -- writing ----------------------------------------------------------------------
+    @staticmethod
+    def _ad(generation: bytes, seq: int) -> bytes:
+        return generation + _SEQ.pack(seq)
+
+    def _record(self, doc: dict[str, Any], seq: int, generation: bytes) -> bytes:
+        box = self._sealer.seal(json.dumps(doc, separators=(",", ":")).encode(), self._ad(generation, seq))
+        return _LEN.pack(len(box)) + box
+
+    def _rewrite(self) -> None:
+        """A fresh journal (new generation) holding only the live entries; replaces the old one atomically.
+
+        If it cannot be written (disk full), the old journal stays in use, unchanged.
+        """
+        generation = os.urandom(16)
+        head = _HEAD.pack(_MAGIC, _VERSION, generation)
+        parts = [head, self._sealer.seal(b"", head)]
+        for seq, e in enumerate(self.by_id.values()):
+            parts.append(self._record({"i": e.file_id, "p": e.relpath, "x": e.expires_at}, seq, generation))
+        data = b"".join(parts)
+        tmp = self.dir / (JOURNAL + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+            os.fsync(fd)  # replacing the only copy: its bytes first, then its name
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, self.dir / JOURNAL)
+        self.close()
+        self._generation, self._records, self._end = generation, len(self.by_id), len(data)
+        self._open_for_append(self.dir / JOURNAL)
+
+    def _open_for_append(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    def _append(self, doc: dict[str, Any]) -> None:
+        """One whole record or none: a write cut short (disk full) is cut back off the journal."""
+        data = self._record(doc, self._records, self._generation)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, data[done:])
+        except OSError:
+            if done:
+                os.ftruncate(self._fd, self._end)
+            raise
+        self._records += 1
+        self._end += len(data)
+
+    def _compact(self) -> None:
+        """Rewrite the journal once dead records outnumber the live ones (and the heap with it)."""
+        if self._records > 2 * len(self.by_id) + COMPACT_SLACK:
+            self._rewrite()
+        if len(self._heap) > 2 * len(self.by_id) + 64:
+            self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
+            heapq.heapify(self._heap)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    # -- the index ----------------------------------------------------------------------
     def _remember(self, entry: TtlEntry) -> None:
         self.by_id[entry.file_id] = entry
         self.by_path[entry.relpath] = entry.file_id
         heapq.heappush(self._heap, (entry.expires_at, entry.file_id))
 
-    def _write(self, entry: TtlEntry) -> None:
-        blob = self._sealer.seal(json.dumps({"p": entry.relpath, "x": entry.expires_at}).encode(), entry.file_id.encode())
-        tmp = self.dir / (entry.file_id + ".tmp")
-        tmp.write_bytes(blob)
-        os.replace(tmp, self.dir / entry.file_id)
+    def _forget(self, file_id: str) -> TtlEntry | None:
+        entry = self.by_id.pop(file_id, None)
+        if entry is not None and self.by_path.get(entry.relpath) == file_id:
+            del self.by_path[entry.relpath]
+        return entry
 
     def set(self, file_id: str, relpath: str, expires_at: float | None) -> None:
         if expires_at is None:
             self.remove(file_id)
             return
-        old = self.by_id.get(file_id)
-        if old is not None and self.by_path.get(old.relpath) == file_id:
-            del self.by_path[old.relpath]
-        entry = TtlEntry(file_id, relpath, expires_at)
-        self._write(entry)
-        self._remember(entry)
-
-    def remove(self, file_id: str) -> None:
-        entry = self.by_id.pop(file_id, None)
-        if entry is None:
-            return
-        if self.by_path.get(entry.relpath) == file_id:
-            del self.by_path[entry.relpath]
-        try:
-            os.unlink(self.dir / file_id)
-        except FileNotFoundError:
-            pass
+        self._append({"i": file_id, "p": relpath, "x": expires_at})
+        self._forget(file_id)
+        self._remember(TtlEntry(file_id, relpath, expires_at))
         self._compact()
 
-    def _compact(self) -> None:
-        """Rebuild the heap once stale entries (removed or re-timed files) outnumber the live ones."""
-        if len(self._heap) > 2 * len(self.by_id) + 64:
-            self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
-            heapq.heapify(self._heap)
+    def remove(self, file_id: str) -> None:
+        """Drop an entry. Never fails for a full disk: deleting memories is how space comes back.
+
+        A drop that could not be written leaves a record naming a memory that is gone,
+        which prune and fsck recognise as such.
+        """
+        if self._forget(file_id) is None:
+            return
+        try:
+            self._append({"i": file_id})
+            self._compact()
+        except OSError as exc:
+            log.warning("TTL index: a dropped entry was not recorded (%s)", exc.strerror)
 
     def expires_for(self, relpath: str) -> float | None:
         """What stat shows; the header's expiry, checked at every open, is the one enforced."""
@@ -107,13 +288,13 @@ class TtlIndex:
         return gone
 
     def due(self, now: float) -> list[TtlEntry]:
-        out = []
+        out: dict[str, TtlEntry] = {}  # a memory re-timed to the same moment is in the heap twice
         while self._heap and self._heap[0][0] <= now:
             expires, fid = heapq.heappop(self._heap)
             entry = self.by_id.get(fid)
             if entry is not None and entry.expires_at == expires:
-                out.append(entry)
-        return out
+                out[fid] = entry
+        return list(out.values())
 
     def next_expiry(self) -> float | None:
         while self._heap:
@@ -125,7 +306,6 @@ class TtlIndex:
         return None
 
     def rewrite_all(self, sealer: Sealer) -> None:
-        """Re-seal every entry under a new key (rekey)."""
+        """Re-seal the whole index under a new key (rekey)."""
         self._sealer = sealer
-        for entry in self.by_id.values():
-            self._write(entry)
+        self._rewrite()
