@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tailsfs.crypto.aead import Sealer
-from tailsfs.store import ttl as ttl_mod
+from tailsfs.store import appending
 from tailsfs.store.ttl import COMPACT_SLACK, DAMAGED_PREFIX, JOURNAL, TtlIndex
 
 
@@ -148,19 +148,19 @@ def test_entries_of_the_first_design_move_into_the_journal(tmp_path, key):
 
 
 def _disk_full_after(monkeypatch, nbytes: int) -> None:
-    """The next write through the index's ``os`` stores ``nbytes`` then fails with ENOSPC."""
+    """The next append stores ``nbytes`` then fails with ENOSPC."""
     real = os.write
 
     def write(fd: int, data: bytes) -> int:
         if nbytes and len(data) > nbytes:
-            monkeypatch.setattr(ttl_mod.os, "write", fail)
+            monkeypatch.setattr(appending.os, "write", fail)
             return real(fd, data[:nbytes])
         raise OSError(errno.ENOSPC, "No space left on device")
 
     def fail(fd: int, data: bytes) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ttl_mod.os, "write", write)
+    monkeypatch.setattr(appending.os, "write", write)
 
 
 def test_a_set_on_a_full_disk_fails_and_leaves_no_half_record(tmp_path, key, monkeypatch):

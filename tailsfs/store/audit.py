@@ -28,6 +28,7 @@ from typing import Any, Iterator
 
 from ..crypto.aead import Sealer
 from ..errors import IntegrityError
+from .appending import append_whole
 
 _GENESIS = b"\0" * 32
 log = logging.getLogger(__name__)
@@ -149,15 +150,8 @@ class AuditLog:
         Returns the file's length after the line.
         """
         end = os.lseek(self._fd, 0, os.SEEK_END)
-        done = 0
-        try:
-            while done < len(data):
-                done += os.write(self._fd, data[done:])
-        except OSError:
-            if done:
-                os.ftruncate(self._fd, end)
-            raise
-        return end + done
+        append_whole(self._fd, data, end)
+        return end + len(data)
 
     def record(self, event: str, **details: Any) -> bool:
         """Log what already happened: a full disk costs the line (logged as an error), not the operation."""

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 from ..crypto.aead import OVERHEAD, Sealer
 from ..errors import IntegrityError
+from .appending import append_whole
 
 log = logging.getLogger(__name__)
 
@@ -209,14 +210,7 @@ class TtlIndex:
     def _append(self, doc: dict[str, Any]) -> None:
         """One whole record or none: a write cut short (disk full) is cut back off the journal."""
         data = self._record(doc, self._records, self._generation)
-        done = 0
-        try:
-            while done < len(data):
-                done += os.write(self._fd, data[done:])
-        except OSError:
-            if done:
-                os.ftruncate(self._fd, self._end)
-            raise
+        append_whole(self._fd, data, self._end)
         self._records += 1
         self._end += len(data)
 
