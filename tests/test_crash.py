@@ -157,6 +157,40 @@ def test_fsynced_data_survives_kill_with_writes_in_flight(mount):
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_kill_amid_ephemeral_creates_and_unlinks_leaves_every_survivor_indexed(mount):
+    """The TTL journal gets a memory's record before the memory gets its name, so a killed daemon
+    leaves no expiring memory that the index (and so prune) does not know."""
+    m = mount()
+    d = session(m, "ephemeral")
+    churn = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os
+        n = 0
+        while True:
+            with open({str(d)!r} + f"/f{{n}}", "wb") as fh:
+                fh.write(b"x" * 100)
+            if n % 3:
+                os.unlink({str(d)!r} + f"/f{{n - 1}}")
+            n += 1
+        """)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while len(os.listdir(d)) < 50:
+            assert time.monotonic() < deadline, "the writer made no progress"
+            time.sleep(0.05)
+        kill_daemon(m)
+    finally:
+        churn.kill()
+        churn.wait()
+    r = fsck(m.base)
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = json.loads(r.stdout)
+    assert report["checked"] >= 50
+    assert not [n for n in report["notes"] if "not in the TTL index" in n], report["notes"]
+    m.mount()
+    for name in os.listdir(d)[:20]:
+        assert int(os.getxattr(d / name, "user.tails.ttl")) > 0
+
+
 def test_unsynced_extension_is_not_read_as_zeros_after_kill(mount):
     """Chunks that reached the daemon past the synced size must be ignored (FORMAT.md §8).
 
