@@ -156,3 +156,34 @@ def test_api_full_disk_reads_and_deletes(small_fs):
             deleted = errno.errorcode[exc.errno]
         (small_fs / "filler").unlink()
         assert (set(outcomes), deleted) == ({True}, True)
+
+
+def test_full_disk_ephemeral_delete_works_and_create_is_refused_cleanly(store_on_small_fs):
+    """Expiring memories on a full disk: deleting one never fails (that is how space comes back), a new
+    one is refused with ENOSPC and leaves nothing behind, and once space is back the TTL index works."""
+    m = store_on_small_fs
+    d = session(m, "ephemeral")
+    (d / "keep").write_bytes(b"k" * 1000)
+    journal = m.base / "ttl" / "journal"
+    for n in range(400):  # until the journal's last page has no room left for a drop record (~73 bytes)
+        (d / f"victim{n}").write_bytes(b"v" * 100)
+        if -journal.stat().st_size % 4096 < 64:
+            break
+    else:
+        pytest.fail("the journal never ended near a page boundary")
+    victims = sorted(p for p in os.listdir(d) if p.startswith("victim"))
+    take_every_free_byte(m.base.parent / "filler")
+    for name in victims:  # the first drop cannot be written: the unlink must succeed all the same
+        os.unlink(d / name)
+    with pytest.raises(OSError) as info:
+        (d / "new").write_bytes(b"n" * 100)
+    assert info.value.errno == errno.ENOSPC
+    assert os.listdir(d) == ["keep"]
+    assert (d / "keep").read_bytes() == b"k" * 1000
+    (m.base.parent / "filler").unlink()
+    (d / "new").write_bytes(b"n" * 100)
+    assert 0 < int(os.getxattr(d / "new", "user.tails.ttl")) <= 24 * 3600
+    m.umount()
+    r = subprocess.run([str(CLI), "fsck", "--base", str(m.base)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "not in the TTL index" not in r.stdout
