@@ -308,6 +308,52 @@ def test_rekey_keeps_all_data(base):
         assert m._store.damaged_sessions == []
 
 
+def test_rekey_cut_short_is_finished_at_the_next_open(base, monkeypatch):
+    """A rekey that died after writing the next key file: the next open re-seals everything, TTL journal too."""
+    with manager(base) as m:
+        _fill(m)
+        m.write_memory("secret_session", "expiring", [1, 2], tier=MemoryTier.EPHEMERAL, ttl_seconds=3600)
+        expires = m._store.ttl.by_id.copy()
+        monkeypatch.setattr(Store, "_apply_new_master", lambda self, new, on_progress=None: (_ for _ in ()).throw(
+            OSError("killed mid-rekey")))
+        with pytest.raises(OSError, match="killed mid-rekey"):
+            m.rekey()
+        monkeypatch.undo()
+    assert (base / ".memory_key.next").exists()
+    with manager(base) as m:
+        assert not (base / ".memory_key.next").exists()
+        assert m.read_memory("secret_session", "expiring") == [1, 2]
+        assert {f: (e.relpath, e.expires_at) for f, e in m._store.ttl.by_id.items()} == \
+            {f: (e.relpath, e.expires_at) for f, e in expires.items()}
+        assert m._store.ttl.damaged == []
+    with manager(base) as m:  # and everything opens under the new key alone
+        assert len(m._store.ttl.by_id) == len(expires) and m._store.ttl.damaged == []
+        assert m.verify_audit().ok
+
+
+def test_an_expiring_write_is_indexed_before_it_gets_its_name(base, monkeypatch):
+    """A process killed between the rename and the index write would leave a memory nothing expires."""
+    from tailsfs.store.disktree import DiskTree
+    seen = []
+    rename_into_place = DiskTree._replace
+
+    def spy(self, src, dst):
+        seen.append(self.store.ttl.by_path.get(self.relpath(dst)))
+        return rename_into_place(self, src, dst)
+
+    monkeypatch.setattr(DiskTree, "_replace", spy)
+    with manager(base) as m:
+        m.create_session("s")
+        m.write_memory("s", "k", b"v", tier=MemoryTier.EPHEMERAL, ttl_seconds=60)
+        assert seen and seen[0] is not None
+        m.write_memory("s", "d/inner", b"v", tier=MemoryTier.EPHEMERAL, ttl_seconds=60)
+        indexed = dict(m._store.ttl.by_id)
+        with pytest.raises(OSError):
+            m.write_memory("s", "d", b"v", tier=MemoryTier.EPHEMERAL, ttl_seconds=60)  # a folder is there
+        assert m._store.ttl.by_id == indexed  # the refused write left no entry
+        assert not [p for p in base.rglob(".tmp-*")]
+
+
 # -- streaming -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("tier", [MemoryTier.PERSISTENT, MemoryTier.ARCHIVE, MemoryTier.VOLATILE])
 def test_streaming_multi_megabyte(m, tier):

@@ -642,9 +642,9 @@ class DiskTree:
     def write_all(self, path: Path_, data: bytes, ttl: float | None, kind: int, mode: int = 0o600) -> Meta:
         """Replace a memory atomically: write aside, fsync, rename over, erase the old one."""
         self._ensure_parent(path)
-        parent, name, host = self._split(path)
+        split = self._split(path)
         self.store.ensure_space(len(data) + HEADER_SIZE)
-        tmp = parent / (TMP_PREFIX + os.urandom(8).hex())
+        tmp = split[0] / (TMP_PREFIX + os.urandom(8).hex())
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, mode)
         try:
             now = self.store.clock.now()
@@ -653,18 +653,33 @@ class DiskTree:
                                       self.tier.chunk_size, meta, "a memory")
             ef.write(0, data)
             ef.fsync()
+            self._put_in_place(tmp, path, split, ef.header.file_id.hex(), meta.expires_at)
         except BaseException:
-            os.close(fd)
-            os.unlink(tmp)
+            if os.path.lexists(tmp):  # it never got its name
+                os.unlink(tmp)
             raise
-        self._write_sidecar(parent, name, path[-1])
-        self._replace(tmp, host)
-        os.close(fd)
-        _fsync_dir(parent)
-        file_id = ef.header.file_id.hex()
-        if meta.expires_at is not None:
-            self.store.ttl.set(file_id, self.relpath(host), meta.expires_at)
+        finally:
+            os.close(fd)
         return meta
+
+    def _put_in_place(self, tmp: Path, path: Path_, split: tuple[Path, str, Path], file_id: str,
+                      expires_at: float | None) -> None:
+        """Rename a finished memory written aside over ``path`` (erasing the old one), then fsync the folder.
+
+        It is indexed before it has its name, so no crash leaves an expiring memory
+        that nothing erases; if it never gets the name, the entry is dropped again.
+        """
+        parent, name, host = split
+        try:
+            if expires_at is not None:
+                self.store.ttl.set(file_id, self.relpath(host), expires_at)
+            self._write_sidecar(parent, name, path[-1])
+            self._replace(tmp, host)
+        except BaseException:
+            if os.path.lexists(tmp):
+                self.store.ttl.remove(file_id)
+            raise
+        _fsync_dir(parent)
 
     def _ensure_parent(self, path: Path_) -> None:
         try:
@@ -991,15 +1006,9 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _commit_aside(tree: "DiskTree", handle: DiskHandle, tmp: Path, path: Path_) -> None:
-    """Finish a streamed write: fsync, rename over the target (erasing the old), index its TTL."""
+    """Finish a streamed write: fsync, index its TTL, rename over the target (erasing the old)."""
     handle.fsync()
-    parent, name, host = tree._split(path)
-    tree._write_sidecar(parent, name, path[-1])
-    tree._replace(tmp, host)
-    _fsync_dir(parent)
-    expires = handle.of.ef.meta.expires_at
-    if expires is not None:
-        tree.store.ttl.set(handle.of.file_id, tree.relpath(host), expires)
+    tree._put_in_place(tmp, path, tree._split(path), handle.of.file_id, handle.of.ef.meta.expires_at)
     handle.release()
 
 

@@ -572,8 +572,8 @@ class Store:
             except IntegrityError:
                 sessions.append(self._load_session(sdir, new_wrap, new_meta))
         self.sessions = {s.name: s for s in sessions}
-        new_ttl = Sealer(kdf.derive(new, kdf.LABEL_TTL_INDEX))
-        ttl = TtlIndex(self.base / "ttl", self._ttl_sealer, others=(new_ttl,))  # whichever key sealed it
+        # Read under whichever key sealed it, rewritten under the new one (if it is not already).
+        ttl = TtlIndex(self.base / "ttl", Sealer(kdf.derive(new, kdf.LABEL_TTL_INDEX)), others=(self._ttl_sealer,))
         state = self.base / "state"
         clock = None
         for sealer in (old_meta, new_meta):
@@ -583,7 +583,6 @@ class Store:
             except IntegrityError:
                 continue
         self._apply_new_master(new)
-        ttl.rewrite_all(self._ttl_sealer)
         ttl.close()
         if clock is not None:
             _write_private(state, self._meta_sealer.seal(clock, b"state"))

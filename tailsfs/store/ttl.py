@@ -73,30 +73,42 @@ class TtlIndex:
         self._generation = b""
         self._records = 0
         self._end = 0
-        legacy = self._load_legacy()
+        legacy = self._load_legacy(others)
         if self._load_journal(others) or legacy:
             self._rewrite()
-        self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]  # one entry each, whatever was replayed
+        self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
         heapq.heapify(self._heap)
         for name in legacy:
             os.unlink(self.dir / name)
         self.damaged: list[str] = sorted(p.name for p in directory.iterdir() if p.name.startswith(DAMAGED_PREFIX))
 
     # -- loading --------------------------------------------------------------------
-    def _load_legacy(self) -> list[str]:
+    def _load_legacy(self, others: Sequence[Sealer]) -> list[str]:
         """Entries of the first design (``ttl/<file id>``), read into the journal; what does not open is set aside."""
         found = []
         for path in self.dir.iterdir():
             if path.name.endswith(".tmp"):
                 path.unlink()
             elif _LEGACY_NAME.fullmatch(path.name):
+                opened = self._open_under_any(path.read_bytes(), path.name.encode(), others)
                 try:
-                    doc = json.loads(self._sealer.open(path.read_bytes(), path.name.encode(), "a TTL index entry"))
+                    if opened is None:
+                        raise ValueError("does not authenticate")
+                    doc = json.loads(opened[1])
                     self._remember(TtlEntry(path.name, doc["p"], float(doc["x"])))
                     found.append(path.name)
-                except (IntegrityError, ValueError, KeyError, TypeError):
+                except (ValueError, KeyError, TypeError):
                     self._set_aside(path)
         return found
+
+    def _open_under_any(self, box: bytes, ad: bytes, others: Sequence[Sealer]) -> tuple[Sealer, bytes] | None:
+        """The first of our keys that opens ``box``, and what it holds."""
+        for sealer in (self._sealer, *others):
+            try:
+                return sealer, sealer.open(box, ad, "the TTL index")
+            except IntegrityError:
+                continue
+        return None
 
     def _load_journal(self, others: Sequence[Sealer]) -> bool:
         """Read every record that authenticates; True when the journal must be written afresh."""
@@ -110,28 +122,25 @@ class TtlIndex:
             log.error("the TTL index journal does not authenticate; set aside")
             self._set_aside(path)
             return True
-        pos, seq, damaged = _RECORDS_AT, 0, False
-        while pos < len(data):
-            if pos + _LEN.size > len(data):
-                break  # a record cut short by a crash mid-append: dropped
+        generation = _HEAD.unpack_from(data, 0)[2]
+        pos, seq = _RECORDS_AT, 0
+        while pos + _LEN.size <= len(data):
             (n,) = _LEN.unpack_from(data, pos)
-            if pos + _LEN.size + n > len(data) and n <= MAX_RECORD:
-                break
+            end = pos + _LEN.size + n
+            if n <= MAX_RECORD and end > len(data):
+                break  # the last record, cut short by a crash mid-append: dropped
             try:
                 if n > MAX_RECORD:
                     raise IntegrityError("a TTL index record", "length out of range")
-                box = data[pos + _LEN.size : pos + _LEN.size + n]
-                self._apply(json.loads(sealer.open(box, self._ad(data[5:21], seq), "a TTL index record")))
+                self._apply(json.loads(sealer.open(data[pos + _LEN.size : end], self._ad(generation, seq),
+                                                   "a TTL index record")))
             except (IntegrityError, ValueError, KeyError, TypeError):
-                damaged = True  # what follows cannot be framed safely: stop here
-                break
-            pos += _LEN.size + n
-            seq += 1
-        if damaged:
-            log.error("TTL index journal record %d does not authenticate; the journal is set aside", seq)
-            self._set_aside(path)
-            return True
-        self._generation, self._records, self._end = data[5:21], seq, pos
+                # what follows cannot be framed safely: keep what was read, stop here
+                log.error("TTL index journal record %d does not authenticate; the journal is set aside", seq)
+                self._set_aside(path)
+                return True
+            pos, seq = end, seq + 1
+        self._generation, self._records, self._end = generation, seq, pos
         if sealer is not self._sealer:
             return True
         if pos < len(data):
@@ -142,26 +151,19 @@ class TtlIndex:
     def _key_of(self, data: bytes, others: Sequence[Sealer]) -> Sealer | None:
         if len(data) < _RECORDS_AT:
             return None
-        magic, version, generation = _HEAD.unpack_from(data, 0)
+        magic, version, _generation = _HEAD.unpack_from(data, 0)
         if magic != _MAGIC or version != _VERSION:
             return None
-        for sealer in (self._sealer, *others):
-            try:
-                sealer.open(data[_CHECK_AT:_RECORDS_AT], data[:_CHECK_AT], "the TTL index journal")
-                return sealer
-            except IntegrityError:
-                continue
-        return None
+        opened = self._open_under_any(data[_CHECK_AT:_RECORDS_AT], data[:_CHECK_AT], others)
+        return opened[0] if opened is not None else None
 
     def _apply(self, doc: dict[str, Any]) -> None:
         file_id = doc["i"]
         if not isinstance(file_id, str):
             raise TypeError("file id")
+        self._forget(file_id)
         if "x" in doc:
-            self._forget(file_id)
             self._remember(TtlEntry(file_id, str(doc["p"]), float(doc["x"])))
-        else:
-            self._forget(file_id)
 
     def _set_aside(self, path: Path) -> None:
         """Keep what did not authenticate for fsck to report (and --repair to move to lost+found)."""
@@ -190,9 +192,7 @@ class TtlIndex:
         tmp = self.dir / (JOURNAL + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            done = 0
-            while done < len(data):
-                done += os.write(fd, data[done:])
+            append_whole(fd, data, 0)
             os.fsync(fd)  # replacing the only copy: its bytes first, then its name
         except BaseException:
             os.close(fd)
@@ -229,9 +229,9 @@ class TtlIndex:
 
     # -- the index ----------------------------------------------------------------------
     def _remember(self, entry: TtlEntry) -> None:
+        """Into the maps; the heap is built once after loading, and pushed to by set."""
         self.by_id[entry.file_id] = entry
         self.by_path[entry.relpath] = entry.file_id
-        heapq.heappush(self._heap, (entry.expires_at, entry.file_id))
 
     def _forget(self, file_id: str) -> TtlEntry | None:
         entry = self.by_id.pop(file_id, None)
@@ -246,6 +246,7 @@ class TtlIndex:
         self._append({"i": file_id, "p": relpath, "x": expires_at})
         self._forget(file_id)
         self._remember(TtlEntry(file_id, relpath, expires_at))
+        heapq.heappush(self._heap, (expires_at, file_id))
         self._compact()
 
     def remove(self, file_id: str) -> None:
