@@ -38,7 +38,7 @@ def test_sets_moves_and_drops_survive_a_reopen(tmp_path, key):
         index.set(fid(n), f"sessions/s/ephemeral/f{n}", 1000.0 + n)
     index.remove(fid(1))
     index.set(fid(2), "sessions/s/ephemeral/f2", 5000.0)  # a new expiry
-    index.moved("sessions/s/ephemeral/f3", "sessions/s/ephemeral/g3")
+    index.moved("sessions/s/ephemeral/f3", "sessions/s/ephemeral/g3", is_dir=False)
     want = entries(index)
     again = reopened(tmp_path, key, index)
     assert entries(again) == want
@@ -208,3 +208,29 @@ def test_ephemeral_memories_add_no_file_to_the_index(tmp_path):
         assert sorted(p.name for p in (tmp_path / "st" / "ttl").iterdir()) == [JOURNAL]
     with Store(tmp_path / "st", user_key=user_key) as store:
         assert len(store.ttl.by_id) == 25
+
+
+def test_renamed_files_and_folders_keep_their_expiry_and_expire_where_they_went(tmp_path):
+    """A rename re-points the index: stat shows the expiry at the new name, and prune erases the memory there."""
+    from tailsfs.store.engine import Store
+    from tailsfs.store.tiers import MemoryTier
+
+    with Store(tmp_path / "st", user_key=os.urandom(32)) as store:
+        tree = store.tree("s", MemoryTier.EPHEMERAL, create=True)
+        tree.makedirs((b"d", b"sub"))
+        for path, ttl in (((b"a",), 60.0), ((b"d", b"sub", b"b"), 120.0), ((b"keep",), 3600.0)):
+            h = tree.create(path, ttl=ttl)
+            h.write(0, b"x")
+            h.release()
+        before = {p: tree.getattr(p).expires_at for p in ((b"a",), (b"d", b"sub", b"b"))}
+        tree.rename((b"a",), (b"a2",))
+        tree.rename((b"d", b"sub"), (b"e",))
+        assert tree.getattr((b"a2",)).expires_at == before[(b"a",)]
+        assert tree.getattr((b"e", b"b")).expires_at == before[(b"d", b"sub", b"b")]
+        assert {e.relpath for e in store.ttl.by_id.values()} == {
+            tree.relpath(tree._host(p)) for p in ((b"a2",), (b"e", b"b"), (b"keep",))}
+        store.clock.high_water = before[(b"d", b"sub", b"b")] + 1
+        assert store.prune() == 2
+        assert sorted(name for name, _attr in tree.listdir(())) == [b"d", b"e", b"keep"]
+        assert list(tree.listdir((b"e",))) == []
+        assert len(store.ttl.by_id) == 1

@@ -817,7 +817,7 @@ class DiskTree:
             self._write_sidecar(nparent, nname, new[-1])
             self._replace(ohost, nhost)
         self._drop_sidecar(oparent, oname)
-        self.store.ttl.moved(self.relpath(ohost), self.relpath(nhost))
+        self.store.ttl.moved(self.relpath(ohost), self.relpath(nhost), st.S_ISDIR(s.st_mode))
         for of in self._open.values():
             if of.path[: len(old)] == old:
                 of.path = new + of.path[len(old):]
