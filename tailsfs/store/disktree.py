@@ -452,9 +452,13 @@ class DiskTree:
                 raise oserror(errno.ENOTEMPTY)
         (host / DIR_FILE).unlink()
         os.rmdir(host)
-        self._forget_dirs(host)
+        # It was empty, so every folder below it went before it and took its record along:
+        # only its own is dropped. Walking all remembered records made rm -rf quadratic.
+        self._dir_hosts.clear()
+        self._dirs.pop(str(host), None)
 
     def _forget_dirs(self, host: Path) -> None:
+        """A folder moved: forget it and everything remembered below it."""
         self._dir_hosts.clear()
         prefix = str(host)
         for key in [k for k in self._dirs if k == prefix or k.startswith(prefix + "/")]:
