@@ -478,7 +478,8 @@ class TailsOperations(pyfuse3.Operations):
         node = h.node
         node.opens -= 1
         if self.open_by_ino.get(node.ino) is h:
-            other = next((x for x in self.handles.values() if isinstance(x, Handle) and x.node is node), None)
+            other = None if node.opens == 0 else next(
+                (x for x in self.handles.values() if isinstance(x, Handle) and x.node is node), None)
             if other is None:
                 del self.open_by_ino[node.ino]
             else:

@@ -434,11 +434,10 @@ class Store:
         return self.config.ephemeral_ttl if tier is MemoryTier.EPHEMERAL else None
 
     # -- expiry ---------------------------------------------------------------------------
-    def _tree_for_relpath(self, relpath: str) -> DiskTree | None:
+    def _tree_for_relpath(self, relpath: str, by_sid: dict[str, Session]) -> DiskTree | None:
         parts = relpath.split("/")
         if len(parts) < 4 or parts[0] != "sessions":
             return None
-        by_sid = {s.sid: s for s in self.sessions.values()}
         s = by_sid.get(parts[1])
         try:
             tier = MemoryTier(parts[2])
@@ -458,8 +457,9 @@ class Store:
         """Erase every expired memory now; returns how many."""
         now = self.clock.now()
         count = 0
+        by_sid = {s.sid: s for s in self.sessions.values()}
         for entry in self.ttl.due(now):
-            tree = self._tree_for_relpath(entry.relpath)
+            tree = self._tree_for_relpath(entry.relpath, by_sid)
             if tree is not None and tree.expire(entry.relpath, entry.file_id):
                 count += 1
             else:
