@@ -194,6 +194,8 @@ def _churn_ephemeral(ops: TailsOperations, count: int, session_name: str = "cach
 def test_deleted_ephemeral_files_leave_no_expiry_bookkeeping_in_the_daemon(ops) -> None:
     _churn_ephemeral(ops, 500)
     assert len(ops.expiring) == 0
+    _churn_ephemeral(ops, 500, "cache2")
+    assert len(ops.expiring._heap) <= 2 * len(ops.expiring) + 64 + 1, "the watch's heap grows with files that are gone"
 
 
 def test_ttl_index_heap_does_not_grow_with_deleted_entries(ops) -> None:

@@ -26,6 +26,7 @@ from ..errors import IntegrityError, UnknownSessionError
 from ..store.engine import Store, check_session_name
 from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
+from .expiring import ExpiryWatch
 from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class TailsOperations(pyfuse3.Operations):
         self._dir_nodes: dict[int, Node] = {}
         self.open_by_ino: dict[int, Handle] = {}  # any one open handle per inode: its size is the live one
         self._next_fh = 1
-        self.expiring: dict[int, float] = {}
+        self.expiring = ExpiryWatch()  # entries the kernel caches whose files will expire
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         self.on_emergency: Callable[[], None] | None = None
@@ -138,7 +139,7 @@ class TailsOperations(pyfuse3.Operations):
         e.st_mtime_ns = attr.mtime_ns
         e.st_ctime_ns = attr.ctime_ns
         if attr.expires_at is not None:
-            self.expiring[node.ino] = attr.expires_at
+            self.expiring.watch(node.ino, attr.expires_at)
         return e
 
     def _virtual_dir(self, mode: int, nlink: int) -> Attr:
@@ -216,7 +217,7 @@ class TailsOperations(pyfuse3.Operations):
         for ino, count in inode_list:
             self.inodes.forget(ino, count)
             if ino not in self.inodes.nodes:
-                self.expiring.pop(ino, None)
+                self.expiring.forget(ino)
 
     @_guard
     def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
@@ -505,7 +506,7 @@ class TailsOperations(pyfuse3.Operations):
                              session=parent.session)
         ino = self.inodes.by_name.get((parent.ino, name))
         if ino is not None:
-            self.expiring.pop(ino, None)
+            self.expiring.forget(ino)
             self.inodes.detach(self.inodes.get(ino))
 
     @_guard
@@ -589,7 +590,7 @@ class TailsOperations(pyfuse3.Operations):
                 tree.set_dir_ttl(path, seconds)
             else:
                 expires = tree.set_ttl(path, seconds)
-                self.expiring[node.ino] = expires
+                self.expiring.watch(node.ino, expires)
                 self.store.audit.record("ttl_set", session=node.session, tier=node.tier.value,
                                      path=os.fsdecode(b"/".join(path)), ttl_seconds=seconds)
             return
@@ -669,10 +670,10 @@ class TailsOperations(pyfuse3.Operations):
             elif node.tier is MemoryTier.EPHEMERAL:
                 # the ephemeral tier never holds a file without a TTL: removing it restores the default
                 # (rsync -X and cp -a remove the attributes their source lacks)
-                self.expiring[node.ino] = tree.set_ttl(path, tree.default_ttl(path[:-1]))
+                self.expiring.watch(node.ino, tree.set_ttl(path, tree.default_ttl(path[:-1])))
             else:
                 tree.set_ttl(path, None)
-                self.expiring.pop(node.ino, None)
+                self.expiring.forget(node.ino)
             return
         tree.setxattr(path, name, None)
 
@@ -730,9 +731,7 @@ class TailsOperations(pyfuse3.Operations):
         last_prune = time.monotonic()
         while True:
             now = self.store.clock.now()
-            due = [ino for ino, t in self.expiring.items() if t <= now]
-            for ino in due:
-                del self.expiring[ino]
+            for ino in self.expiring.due(now):
                 node = self.inodes.nodes.get(ino)
                 if node is not None and node.ino not in (ROOT, CTL_INODE):
                     try:
@@ -745,7 +744,8 @@ class TailsOperations(pyfuse3.Operations):
                     self.store.prune()
                 except Exception as exc:
                     log.error("background prune failed: %s", type(exc).__name__)
-            nxt = min(self.expiring.values(), default=now + 1.0)
+            nxt = self.expiring.next_at()
+            nxt = now + 1.0 if nxt is None else nxt
             await trio.sleep(max(0.05, min(1.0, nxt - now, self.prune_interval)))
 
     def init(self) -> None:
