@@ -49,3 +49,22 @@ def test_a_directory_replaced_under_its_name_gets_new_host_paths(tmp_path: Path)
         assert sorted(name for name, _ in t.listdir((b"a",))) == [b"b"]
     finally:
         store.close()
+
+
+def test_paths_remembered_below_a_removed_folder_are_forgotten(tmp_path: Path) -> None:
+    """A lookup under a folder that does not exist yet remembers its would-be host path; once its
+    parent is removed and made again (a new id), that path must not be used."""
+    store = Store(tmp_path / "store", config=StoreConfig(overwrite_passes=0))
+    try:
+        t = store.tree("s", MemoryTier.PERSISTENT, create=True)
+        t.makedirs(A_B)
+        try:
+            t.getattr(A_B + (b"c", b"f"))  # remembers a/b/c under b's first id
+        except FileNotFoundError:
+            pass
+        t.rmdir(A_B)
+        t.makedirs(A_B + (b"c",))
+        _write(t, A_B + (b"c", b"f"), b"deep")
+        assert _read(t, A_B + (b"c", b"f")) == b"deep"
+    finally:
+        store.close()
