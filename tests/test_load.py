@@ -201,10 +201,10 @@ def test_deleted_ephemeral_files_leave_no_expiry_bookkeeping_in_the_daemon(ops) 
 def test_ttl_index_heap_does_not_grow_with_deleted_entries(ops) -> None:
     _churn_ephemeral(ops, 500)
     assert ops.store.ttl.by_id == {}
-    first = len(ops.store.ttl._heap)
+    first = len(ops.store.ttl._due._heap)
     _churn_ephemeral(ops, 500, "cache2")
-    assert first < 500 and len(ops.store.ttl._heap) <= first, \
-        f"heap of {first}, then {len(ops.store.ttl._heap)} entries for no live file"
+    assert first < 500 and len(ops.store.ttl._due._heap) <= first, \
+        f"heap of {first}, then {len(ops.store.ttl._due._heap)} entries for no live file"
 
 
 def test_in_process_harness_lists_everything_and_keeps_real_errors(ops, monkeypatch) -> None:

@@ -23,10 +23,10 @@ import pyfuse3
 import trio
 
 from ..errors import IntegrityError, UnknownSessionError
+from ..store.deadlines import Deadlines
 from ..store.engine import Store, check_session_name
 from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
-from .expiring import ExpiryWatch
 from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,8 @@ class TailsOperations(pyfuse3.Operations):
         self._dir_nodes: dict[int, Node] = {}
         self.open_by_ino: dict[int, Handle] = {}  # any one open handle per inode: its size is the live one
         self._next_fh = 1
-        self.expiring = ExpiryWatch()  # entries the kernel caches whose files will expire
+        # inodes whose entries the kernel caches, and when their files expire: dropped from its cache then
+        self.expiring: Deadlines[int] = Deadlines()
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         self.on_emergency: Callable[[], None] | None = None

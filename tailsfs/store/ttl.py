@@ -7,7 +7,7 @@ ext4 host without a journal each of those files cost an inode allocation at
 create and a free at unlink, which made ephemeral creates and unlinks about
 twice as slow as persistent ones (docs/PERFORMANCE.md, thirteenth round).
 
-The journal is loaded into a heap when the store opens, and rewritten with
+The journal is loaded into memory when the store opens, and rewritten with
 only the live entries once dead records outnumber them: opening costs grow
 with the number of memories that can expire, never with the number of
 persistent ones, and pruning costs grow with the number expired.
@@ -19,7 +19,6 @@ one cannot get a live memory erased (prune re-checks the header).
 """
 from __future__ import annotations
 
-import heapq
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ from typing import Any, Sequence
 from ..crypto.aead import OVERHEAD, Sealer
 from ..errors import IntegrityError
 from .appending import append_whole
+from .deadlines import Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class TtlIndex:
         self._sealer = sealer
         self.by_id: dict[str, TtlEntry] = {}
         self.by_path: dict[str, str] = {}  # host path → file id, for stat without reading headers
-        self._heap: list[tuple[float, str]] = []
+        self._due: Deadlines[str] = Deadlines()  # file id → expiry, for prune
         self._fd = -1
         self._generation = b""
         self._records = 0
@@ -76,8 +76,7 @@ class TtlIndex:
         legacy = self._load_legacy(others)
         if self._load_journal(others) or legacy:
             self._rewrite()
-        self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
-        heapq.heapify(self._heap)
+        self._due = Deadlines({fid: e.expires_at for fid, e in self.by_id.items()})
         for name in legacy:
             os.unlink(self.dir / name)
         self.damaged: list[str] = sorted(p.name for p in directory.iterdir() if p.name.startswith(DAMAGED_PREFIX))
@@ -215,12 +214,9 @@ class TtlIndex:
         self._end += len(data)
 
     def _compact(self) -> None:
-        """Rewrite the journal once dead records outnumber the live ones (and the heap with it)."""
+        """Rewrite the journal once dead records outnumber the live ones."""
         if self._records > 2 * len(self.by_id) + COMPACT_SLACK:
             self._rewrite()
-        if len(self._heap) > 2 * len(self.by_id) + 64:
-            self._heap = [(e.expires_at, fid) for fid, e in self.by_id.items()]
-            heapq.heapify(self._heap)
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -229,7 +225,7 @@ class TtlIndex:
 
     # -- the index ----------------------------------------------------------------------
     def _remember(self, entry: TtlEntry) -> None:
-        """Into the maps; the heap is built once after loading, and pushed to by set."""
+        """Into the maps; the deadlines are built once after loading, and told by set."""
         self.by_id[entry.file_id] = entry
         self.by_path[entry.relpath] = entry.file_id
 
@@ -237,6 +233,7 @@ class TtlIndex:
         entry = self.by_id.pop(file_id, None)
         if entry is not None and self.by_path.get(entry.relpath) == file_id:
             del self.by_path[entry.relpath]
+        self._due.forget(file_id)
         return entry
 
     def set(self, file_id: str, relpath: str, expires_at: float | None) -> None:
@@ -246,7 +243,7 @@ class TtlIndex:
         self._append({"i": file_id, "p": relpath, "x": expires_at})
         self._forget(file_id)
         self._remember(TtlEntry(file_id, relpath, expires_at))
-        heapq.heappush(self._heap, (expires_at, file_id))
+        self._due.watch(file_id, expires_at)
         self._compact()
 
     def remove(self, file_id: str) -> None:
@@ -293,22 +290,11 @@ class TtlIndex:
         return gone
 
     def due(self, now: float) -> list[TtlEntry]:
-        out: dict[str, TtlEntry] = {}  # a memory re-timed to the same moment is in the heap twice
-        while self._heap and self._heap[0][0] <= now:
-            expires, fid = heapq.heappop(self._heap)
-            entry = self.by_id.get(fid)
-            if entry is not None and entry.expires_at == expires:
-                out[fid] = entry
-        return list(out.values())
+        """Entries whose expiry has come, each once (prune erases or drops them)."""
+        return [self.by_id[fid] for fid in self._due.due(now)]
 
     def next_expiry(self) -> float | None:
-        while self._heap:
-            expires, fid = self._heap[0]
-            entry = self.by_id.get(fid)
-            if entry is not None and entry.expires_at == expires:
-                return expires
-            heapq.heappop(self._heap)
-        return None
+        return self._due.next_at()
 
     def rewrite_all(self, sealer: Sealer) -> None:
         """Re-seal the whole index under a new key (rekey)."""
