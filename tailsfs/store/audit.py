@@ -69,6 +69,7 @@ class AuditLog:
         self._state = state_sealer
         self._fd = -1
         self._fd_day = ""
+        self._fd_end = 0  # the open day file's length: only this process appends to it (the store is locked)
         self._tail: tuple[str, int] | None = None  # (file, offset) just past the chain's last line
         self.seq, self._prev, self._key = self._recover()
 
@@ -140,6 +141,7 @@ class AuditLog:
             self._close_fd()
             self._fd = os.open(self.dir / f"audit_{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fd_day = day
+            self._fd_end = os.lseek(self._fd, 0, os.SEEK_END)
         end = self._append((line + "\n").encode())
         self.seq, self._prev, self._key = seq, mac, _evolve(self._key)
         self._tail = (f"audit_{day}.jsonl", end)
@@ -149,9 +151,9 @@ class AuditLog:
 
         Returns the file's length after the line.
         """
-        end = os.lseek(self._fd, 0, os.SEEK_END)
-        append_whole(self._fd, data, end)
-        return end + len(data)
+        append_whole(self._fd, data, self._fd_end)
+        self._fd_end += len(data)
+        return self._fd_end
 
     def record(self, event: str, **details: Any) -> bool:
         """Log what already happened: a full disk costs the line (logged as an error), not the operation."""
