@@ -1,4 +1,4 @@
-"""Fixtures for the real-mount tests: mount a fresh store, always unmount it."""
+"""Fixtures for the real-mount tests (mount a fresh store, always unmount it) and for driving the FUSE operations in-process."""
 from __future__ import annotations
 
 import errno
@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Coroutine, Iterator
 
 import pytest
+
+from tailsfs.fuse.ops import TailsOperations
+from tailsfs.store.engine import Store
 
 REPO = Path(__file__).resolve().parent.parent
 CLI = REPO / ".venv" / "bin" / "tailsfs"
@@ -262,8 +266,45 @@ def session(m: Mount, tier: str, name: str = "s1") -> Path:
     return p
 
 
+def drop_caches() -> None:
+    """Empty the kernel's page, dentry and inode caches, so reads and lookups reach the daemon again."""
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3")
+    except OSError as exc:
+        pytest.fail(f"these tests need to drop the kernel's caches (run as root): {exc}")
+
+
 def expect_errno(code: int, fn, *args, **kwargs) -> OSError:
     with pytest.raises(OSError) as info:
         fn(*args, **kwargs)
     assert info.value.errno == code, f"expected {errno.errorcode[code]}, got {info.value!r}"
     return info.value
+
+
+# -- the FUSE operations driven in-process ------------------------------------------------------------
+class OpContext:
+    """The fields of a pyfuse3 RequestContext the operations read."""
+
+    uid, gid, umask, pid = os.getuid(), os.getgid(), 0o022, os.getpid()
+
+
+def run_op(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run one operation handler to completion (they never await: the _guard wrapper is synchronous)."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("the handler suspended")
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Iterator[TailsOperations]:
+    """The FUSE operations on a real store, driven in-process: the kernel's FORGETs become explicit."""
+    store = Store(tmp_path / "store")
+    operations = TailsOperations(store)
+    try:
+        yield operations
+    finally:
+        operations.close()
+        store.close()

@@ -24,7 +24,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import CLI, Mount, ctl_request, expect_errno, session
+from conftest import CLI, Mount, ctl_request, drop_caches, expect_errno, session
 
 FAULTS_ENV = {"TAILSFS_TEST_FAULTS": "1"}
 FAULT_XATTR = "user.tails.test.fault"
@@ -43,15 +43,6 @@ def arm_with_setfattr(path: Path, op: str, err: int, count: int) -> None:
     r = subprocess.run(["setfattr", "-n", FAULT_XATTR, "-v", f"{op}:{err}:{count}", str(path)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
-
-
-def drop_caches() -> None:
-    """Empty the kernel's page, dentry and inode caches, so reads and lookups reach the daemon again."""
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as fh:
-            fh.write("3")
-    except OSError as exc:
-        pytest.fail(f"these tests need to drop the kernel's caches (run as root): {exc}")
 
 
 def fresh_read(path: Path) -> bytes:

@@ -12,15 +12,14 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Any, Coroutine, Iterator
+from typing import Any
 
 import pyfuse3
 import pytest
 
-from conftest import REPO, daemon_pid, session
+from conftest import REPO, OpContext, daemon_pid, run_op, session
 from tailsfs.fuse.inodes import TIER_INODES
 from tailsfs.fuse.ops import TailsOperations
-from tailsfs.store.engine import Store
 from tailsfs.store.tiers import MemoryTier
 
 
@@ -108,21 +107,6 @@ def test_volatile_xattr_reads_back_while_open(mount) -> None:
         os.close(fd)
 
 
-class _Ctx:
-    """The fields of a pyfuse3 RequestContext the operations read."""
-
-    uid, gid, umask, pid = os.getuid(), os.getgid(), 0o022, os.getpid()
-
-
-def _call(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run one operation handler to completion (they never await: the _guard wrapper is synchronous)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise AssertionError("the handler suspended")
-
-
 class _Token:
     """Stands in for a ReaddirToken: accepts ``room`` entries, then reports the buffer full."""
 
@@ -140,32 +124,20 @@ def _fake_reply(token: _Token, name: bytes, _attr: Any, next_id: int) -> bool:
     return True
 
 
-@pytest.fixture
-def ops(tmp_path: Path) -> Iterator[TailsOperations]:
-    """The FUSE operations on a real store, driven in-process: the kernel's FORGETs become explicit."""
-    store = Store(tmp_path / "store")
-    operations = TailsOperations(store)
-    try:
-        yield operations
-    finally:
-        operations.close()
-        store.close()
-
-
 def test_readdir_keeps_entries_whose_inodes_the_kernel_forgets_mid_listing(ops, monkeypatch) -> None:
     """The kernel may evict (FORGET) any child inode while a directory is being read — memory pressure
     does it; `echo 2 > /proc/sys/vm/drop_caches` on a real mount reproduces it. The files still exist."""
     monkeypatch.setattr(pyfuse3, "readdir_reply", _fake_reply)
-    sess = _call(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"s", 0o755, _Ctx()))
+    sess = run_op(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"s", 0o755, OpContext()))
     names = [b"f%03d" % i for i in range(50)]
-    inodes = [_call(ops.mknod(sess.st_ino, n, 0o100644, 0, _Ctx())).st_ino for n in names]
-    fh = _call(ops.opendir(sess.st_ino, _Ctx()))
+    inodes = [run_op(ops.mknod(sess.st_ino, n, 0o100644, 0, OpContext())).st_ino for n in names]
+    fh = run_op(ops.opendir(sess.st_ino, OpContext()))
     first = _Token(10)
-    _call(ops.readdir(fh, 0, first))
-    _call(ops.forget([(ino, ops.inodes.get(ino).lookups) for ino in inodes]))
+    run_op(ops.readdir(fh, 0, first))
+    run_op(ops.forget([(ino, ops.inodes.get(ino).lookups) for ino in inodes]))
     rest = _Token(1000)
-    _call(ops.readdir(fh, first.next_ids[-1], rest))
-    _call(ops.releasedir(fh))
+    run_op(ops.readdir(fh, first.next_ids[-1], rest))
+    run_op(ops.releasedir(fh))
     missing = set(names) - set(first.names + rest.names)
     assert not missing, f"{len(missing)} of {len(names)} existing entries missing from the listing"
     assert sorted(first.names + rest.names) == names
@@ -173,22 +145,22 @@ def test_readdir_keeps_entries_whose_inodes_the_kernel_forgets_mid_listing(ops, 
 
 def test_inode_numbers_of_existing_entries_survive_a_kernel_forget(ops) -> None:
     """The load campaign hit this when another process dropped the kernel's caches mid-extraction."""
-    sess = _call(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"s", 0o755, _Ctx()))
-    f = _call(ops.mknod(sess.st_ino, b"f", 0o100644, 0, _Ctx()))
-    d = _call(ops.mkdir(sess.st_ino, b"d", 0o755, _Ctx()))
-    _call(ops.forget([(f.st_ino, 1), (d.st_ino, 1)]))
-    again = [_call(ops.lookup(sess.st_ino, name, _Ctx())).st_ino for name in (b"f", b"d")]
+    sess = run_op(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"s", 0o755, OpContext()))
+    f = run_op(ops.mknod(sess.st_ino, b"f", 0o100644, 0, OpContext()))
+    d = run_op(ops.mkdir(sess.st_ino, b"d", 0o755, OpContext()))
+    run_op(ops.forget([(f.st_ino, 1), (d.st_ino, 1)]))
+    again = [run_op(ops.lookup(sess.st_ino, name, OpContext())).st_ino for name in (b"f", b"d")]
     assert again == [f.st_ino, d.st_ino]
 
 
 def _churn_ephemeral(ops: TailsOperations, count: int, session_name: str = "cache") -> None:
     """Create, close, unlink and forget ``count`` ephemeral files, as a build or a cache does."""
-    sess = _call(ops.mkdir(TIER_INODES[MemoryTier.EPHEMERAL], session_name.encode(), 0o755, _Ctx()))
+    sess = run_op(ops.mkdir(TIER_INODES[MemoryTier.EPHEMERAL], session_name.encode(), 0o755, OpContext()))
     for i in range(count):
-        fi, entry = _call(ops.create(sess.st_ino, b"tmp%d" % i, 0o100644, os.O_WRONLY, _Ctx()))
-        _call(ops.release(fi.fh))
-        _call(ops.unlink(sess.st_ino, b"tmp%d" % i, _Ctx()))
-        _call(ops.forget([(entry.st_ino, 1)]))
+        fi, entry = run_op(ops.create(sess.st_ino, b"tmp%d" % i, 0o100644, os.O_WRONLY, OpContext()))
+        run_op(ops.release(fi.fh))
+        run_op(ops.unlink(sess.st_ino, b"tmp%d" % i, OpContext()))
+        run_op(ops.forget([(entry.st_ino, 1)]))
 
 
 def test_deleted_ephemeral_files_leave_no_expiry_bookkeeping_in_the_daemon(ops) -> None:
@@ -211,16 +183,16 @@ def test_in_process_harness_lists_everything_and_keeps_real_errors(ops, monkeypa
     """The fakes above must not hide real answers: without a FORGET the listing is whole, and an
     absent name still gives ENOENT."""
     monkeypatch.setattr(pyfuse3, "readdir_reply", _fake_reply)
-    sess = _call(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"probe", 0o755, _Ctx()))
+    sess = run_op(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"probe", 0o755, OpContext()))
     names = [b"g%03d" % i for i in range(30)]
     for n in names:
-        _call(ops.mknod(sess.st_ino, n, 0o100644, 0, _Ctx()))
-    fh = _call(ops.opendir(sess.st_ino, _Ctx()))
+        run_op(ops.mknod(sess.st_ino, n, 0o100644, 0, OpContext()))
+    fh = run_op(ops.opendir(sess.st_ino, OpContext()))
     first, rest = _Token(7), _Token(1000)
-    _call(ops.readdir(fh, 0, first))
-    _call(ops.readdir(fh, first.next_ids[-1], rest))
-    _call(ops.releasedir(fh))
+    run_op(ops.readdir(fh, 0, first))
+    run_op(ops.readdir(fh, first.next_ids[-1], rest))
+    run_op(ops.releasedir(fh))
     assert sorted(first.names + rest.names) == names
     with pytest.raises(pyfuse3.FUSEError) as info:
-        _call(ops.lookup(sess.st_ino, b"absent", _Ctx()))
+        run_op(ops.lookup(sess.st_ino, b"absent", OpContext()))
     assert info.value.errno == errno.ENOENT
