@@ -31,6 +31,9 @@ class Node:
     opens: int = 0
     unlinked: bool = False
     is_dir: bool = False
+    # opened since the kernel looked this inode up: the kernel's page cache may hold its data,
+    # dirty pages included (a forgotten inode loses its pages, and a new lookup makes a new Node)
+    opened: bool = False
     children: set[int] = field(default_factory=set)
 
 
