@@ -52,6 +52,11 @@ def _needs_root_and_fuse() -> None:
         pytest.skip(missing)
 
 
+def _ctrl_c_ends_it() -> None:
+    """Ctrl-C's default action, even under a parent started in the background (which ignores SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _mounts_under(root: Path) -> list[str]:
     with open("/proc/mounts") as fh:
         points = [line.split()[1] for line in fh if len(line.split()) > 1]
@@ -139,7 +144,8 @@ def test_interrupt_unmounts_everything(tmp_path: Path) -> None:
     work = tmp_path / "work"
     proc = subprocess.Popen([sys.executable, str(BENCH), "--quick", "--only", "smallfiles,fio",
                              "--targets", "persistent,gocryptfs,tmpfs", "--dir", str(work)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(REPO),
+                            preexec_fn=_ctrl_c_ends_it)
     try:
         deadline = time.monotonic() + 300
         while len(_mounts_under(work)) < 3 and proc.poll() is None:
