@@ -452,7 +452,7 @@ class TailsOperations(pyfuse3.Operations):
         no page of it, so nothing a writer left dirty there can be overwritten with older bytes.
         A file that fails to read here is left to READ, which answers EIO as it always did.
         """
-        size = inner.getattr().size
+        size = _meta(inner).size  # the handle's own, without the fstat a getattr makes
         if not 0 < size <= FILL_MAX_BYTES:
             return
         try:
