@@ -184,6 +184,7 @@ class TailsOperations(pyfuse3.Operations):
     @_guard
     def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self.inodes.get(parent_inode)
+        attr: Attr | None = None
         if name == b".":
             node = parent
         elif name == b"..":
@@ -196,23 +197,26 @@ class TailsOperations(pyfuse3.Operations):
                 if ino is None:
                     raise pyfuse3.FUSEError(errno.ENOENT)
                 node = self.inodes.get(ino)
+        elif parent.session is None:  # a tier folder: the name is a session
+            self._name_ok(name)
+            if not self.store.has_tier(os.fsdecode(name), parent.tier):
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            node = self.inodes.child(parent, name, is_dir=True)
         else:
             self._name_ok(name)
-            if parent.session is None:  # a tier folder: the name is a session
-                sname = os.fsdecode(name)
-                if not self.store.has_tier(sname, parent.tier):
-                    raise pyfuse3.FUSEError(errno.ENOENT)
-            node = self._lookup_child(parent, name)
-        attr = self._attr(node)
+            node, attr = self._lookup_in_session(parent, name)
+        if attr is None:
+            attr = self._attr(node)
         node.lookups += 1
         return self._entry(node, attr)
 
-    def _lookup_child(self, parent: Node, name: bytes) -> Node:
-        if parent.session is None:
-            return self.inodes.child(parent, name, is_dir=True)
-        tree = self._tree(parent)
-        attr = tree.getattr(self.inodes.path(parent) + (name,))
-        return self.inodes.child(parent, name, is_dir=attr.is_dir)
+    def _lookup_in_session(self, parent: Node, name: bytes) -> tuple[Node, Attr]:
+        """The child and its attributes from one store stat, which also tells a file from a directory.
+
+        The stores answer an open file's stat from its open state (a writer's size included).
+        """
+        attr = self._tree(parent).getattr(self.inodes.path(parent) + (name,))
+        return self.inodes.child(parent, name, is_dir=attr.is_dir), attr
 
     @_guard
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
