@@ -38,15 +38,17 @@ class MountConfig:
     poll_us: int = 200
 
     def store_config(self) -> StoreConfig:
+        # poll_us is how long the daemon stays busy instead of sleeping: for the next request
+        # (fuse/polling.py) and for a host read that missed the page cache (format/backing.py)
         return StoreConfig(overwrite_passes=self.overwrite_passes, ephemeral_ttl=self.ephemeral_ttl,
-                           volatile_max_bytes=self.volatile_max_bytes)
+                           volatile_max_bytes=self.volatile_max_bytes, read_spin=self.poll_us / 1e6)
 
     def validate(self) -> None:
+        if not 0 <= self.poll_us <= 100_000:  # before store_config, which derives read_spin from it
+            raise ValueError("poll_us must be between 0 and 100000 microseconds")
         self.store_config()
         if not self.prune_interval > 0:
             raise ValueError("prune_interval must be > 0 seconds")
-        if not 0 <= self.poll_us <= 100_000:
-            raise ValueError("poll_us must be between 0 and 100000 microseconds")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
+import time
 from typing import Protocol
 
 _SYNC_FILE_RANGE_WRITE = 2
@@ -73,13 +75,53 @@ class FaultPlan:
 FAULTS = FaultPlan()
 
 
+def read_spinning(fd: int, buf: memoryview, offset: int, spin: float) -> int:
+    """``preadv`` into ``buf`` that waits for the disk busily, for up to ``spin`` seconds, before sleeping.
+
+    A blocking read that misses the page cache puts the thread to sleep until the disk
+    answers. On a VM whose idle vCPUs halt, waking up again costs more than a small
+    file's disk read, and the caches come back cold (docs/PERFORMANCE.md, seventeenth
+    round). So the read asks with RWF_NOWAIT, which starts the kernel's readahead on a
+    miss and returns EAGAIN instead of sleeping, and asks again (yielding the CPU in
+    between) until the bytes are there or ``spin`` has passed; then it blocks as usual.
+    Returns what a blocking read returns: all of ``buf``, or less only at end of file.
+    """
+    done, deadline = 0, 0.0
+    while done < len(buf):
+        try:
+            n = os.preadv(fd, [buf[done:]], offset + done, os.RWF_NOWAIT)
+        except BlockingIOError:
+            now = time.perf_counter()
+            if not deadline:
+                deadline = now + spin
+            elif now >= deadline:
+                break
+            os.sched_yield()
+            continue
+        except OSError as exc:
+            if exc.errno != errno.EOPNOTSUPP:  # a filesystem without non-blocking reads: just block
+                raise
+            break
+        if n == 0:
+            return done  # end of file
+        done += n  # a part was cached: ask again for the rest
+    if done < len(buf):
+        done += os.preadv(fd, [buf[done:]], offset + done)
+    return done
+
+
 class FdBacking:
-    """A backing file reached through an OS file descriptor."""
+    """A backing file reached through an OS file descriptor.
 
-    __slots__ = ("fd", "_unkicked")
+    ``spin``: how long a read that misses the page cache waits for the disk busily
+    before it sleeps (:func:`read_spinning`); 0 sleeps at once.
+    """
 
-    def __init__(self, fd: int) -> None:
+    __slots__ = ("fd", "spin", "_unkicked")
+
+    def __init__(self, fd: int, spin: float = 0.0) -> None:
         self.fd = fd
+        self.spin = spin
         self._unkicked = 0
 
     def _kick_writeback(self) -> None:
@@ -96,12 +138,18 @@ class FdBacking:
     def pread(self, size: int, offset: int) -> bytes:
         if FAULTS.armed:
             FAULTS.check("read")
-        return os.pread(self.fd, size, offset)
+        if self.spin <= 0:
+            return os.pread(self.fd, size, offset)
+        buf = bytearray(size)
+        n = read_spinning(self.fd, memoryview(buf), offset, self.spin)
+        return bytes(buf) if n == size else bytes(buf[:n])
 
     def preadinto(self, buf: memoryview, offset: int) -> int:
         if FAULTS.armed:
             FAULTS.check("read")
-        return os.preadv(self.fd, [buf], offset)
+        if self.spin <= 0:
+            return os.preadv(self.fd, [buf], offset)
+        return read_spinning(self.fd, buf, offset, self.spin)
 
     def pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> int:
         if FAULTS.armed:

@@ -354,6 +354,10 @@ class DiskTree:
         key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
         return f"{self.session.name}:{key}:{created:.3f}"
 
+    def _backing(self, fd: int) -> FdBacking:
+        """The format layer's view of a host file, reading as the store is configured to."""
+        return FdBacking(fd, self.store.config.read_spin)
+
     def _what(self, path: Path_) -> str:
         """How integrity errors name a memory: its session, key and tier."""
         key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
@@ -381,7 +385,7 @@ class DiskTree:
     def _peek_meta(self, host: Path | str) -> Meta:
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+            ef = EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, "a memory")
         finally:
             os.close(fd)
         meta = ef.meta
@@ -507,7 +511,7 @@ class DiskTree:
             ttl = ttl if ttl is not None else self.default_ttl(path[:-1])
             now = self.store.clock.now()
             meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-            ef = EncryptedFile.create(FdBacking(fd), self._wrap, self.tier.code, self.tier.codec,
+            ef = EncryptedFile.create(self._backing(fd), self._wrap, self.tier.code, self.tier.codec,
                                       self.tier.chunk_size, meta, "a memory")
             if meta.expires_at is not None:
                 self.store.ttl.set(ef.header.file_id.hex(), self.relpath(host), meta.expires_at)
@@ -542,7 +546,7 @@ class DiskTree:
         if of is None:
             fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
             try:
-                ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, self._what(path))
+                ef = EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, self._what(path))
                 self._check_live(ef.meta)
                 self._check_size(ef, s.st_ino, path)
             except BaseException:
@@ -602,7 +606,7 @@ class DiskTree:
             except OSError:
                 continue
             try:
-                self._heal_size(EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory"))
+                self._heal_size(EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, "a memory"))
             except (IntegrityError, OSError) as exc:  # fsck reports what does not open
                 log.warning("could not trim a memory after an unclean close: %s", exc)
             finally:
@@ -653,7 +657,7 @@ class DiskTree:
         try:
             now = self.store.clock.now()
             meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-            ef = EncryptedFile.create(FdBacking(fd), self._wrap, self.tier.code, self.tier.codec,
+            ef = EncryptedFile.create(self._backing(fd), self._wrap, self.tier.code, self.tier.codec,
                                       self.tier.chunk_size, meta, "a memory")
             ef.write(0, data)
             ef.fsync()
@@ -738,7 +742,7 @@ class DiskTree:
 
     def _forget_header(self, fd: int) -> float:
         """Drop a doomed memory's TTL entry; its creation time if its header authenticates."""
-        raw = os.pread(fd, HEADER_SIZE, 0)
+        raw = self._backing(fd).pread(HEADER_SIZE, 0)
         if len(raw) >= 28:
             self.store.ttl.remove(raw[12:28].hex())
         try:
@@ -778,7 +782,7 @@ class DiskTree:
         except OSError:
             return False
         try:
-            ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+            ef = EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, "a memory")
         except IntegrityError:
             os.close(fd)
             return False
@@ -983,7 +987,7 @@ class DiskTree:
         """Authenticate one memory completely (fsck); its file id and expiry, for the TTL index."""
         fd = os.open(host, os.O_RDONLY | os.O_NOFOLLOW)
         try:
-            ef = EncryptedFile.open(FdBacking(fd), self._wrap, self.tier.code, "a memory")
+            ef = EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, "a memory")
             if not ef.host_matches_size():
                 raise IntegrityError("a memory", "host file length disagrees with the authenticated size")
             ef.verify()
@@ -1024,7 +1028,7 @@ def create_aside(tree: "DiskTree", path: Path_, ttl: float | None, kind: int) ->
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     now = tree.store.clock.now()
     meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-    ef = EncryptedFile.create(FdBacking(fd), tree._wrap, tree.tier.code, tree.tier.codec, tree.tier.chunk_size, meta, "a memory")
+    ef = EncryptedFile.create(tree._backing(fd), tree._wrap, tree.tier.code, tree.tier.codec, tree.tier.chunk_size, meta, "a memory")
     of = OpenFile(tree, ef, os.fstat(fd).st_ino, path)
     tree._open[of.ino] = of
     return DiskHandle(of, True), tmp

@@ -59,6 +59,7 @@ class StoreConfig:
     overwrite_passes: int = 1
     ephemeral_ttl: float = 24 * 3600.0
     volatile_max_bytes: int = 1 << 30
+    read_spin: float = 0.0  # seconds a host read that misses the page cache waits busily (FdBacking)
 
     def __post_init__(self) -> None:
         if not isinstance(self.overwrite_passes, int) or self.overwrite_passes < 0:
@@ -67,6 +68,8 @@ class StoreConfig:
             raise ValueError("ephemeral_ttl must be > 0 seconds")
         if not isinstance(self.volatile_max_bytes, int) or self.volatile_max_bytes < 0:
             raise ValueError("volatile_max_bytes must be a whole number ≥ 0")
+        if not 0 <= self.read_spin <= 0.1:
+            raise ValueError("read_spin must be between 0 and 0.1 seconds")
 
 
 @dataclass
