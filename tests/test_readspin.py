@@ -46,6 +46,14 @@ def _read(fd: int, size: int, offset: int, spin: float = 0.05) -> bytes:
     return bytes(buf[:n])
 
 
+def _read_path(path: Path, size: int, offset: int, spin: float = 0.05) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return _read(fd, size, offset, spin)
+    finally:
+        os.close(fd)
+
+
 @pytest.mark.parametrize("offset, size", [(0, SIZE), (4096, 65536), (SIZE - 10, 4096), (SIZE, 100), (SIZE + 5, 10),
                                           (1, 1)])
 def test_cold_reads_return_what_a_blocking_read_returns(tmp_path, offset, size):
@@ -96,12 +104,8 @@ def test_short_nonblocking_answers_are_continued(tmp_path, monkeypatch):
         return fake.real(fd, [buffers[0][:1000]], offset)  # at most 1000 bytes at a time
 
     fake = _Preadv(monkeypatch, a_little)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        assert _read(fd, 5000, 100) == data[100:5100]
-        assert _read(fd, 5000, SIZE - 2500) == data[SIZE - 2500:]
-    finally:
-        os.close(fd)
+    assert _read_path(path, 5000, 100) == data[100:5100]
+    assert _read_path(path, 5000, SIZE - 2500) == data[SIZE - 2500:]
     assert all(f == os.RWF_NOWAIT for f in fake.calls)
 
 
@@ -112,11 +116,7 @@ def test_a_read_that_never_comes_in_blocks_after_the_spin(tmp_path, monkeypatch)
         raise BlockingIOError(errno.EAGAIN, "not cached")
 
     fake = _Preadv(monkeypatch, never)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        assert _read(fd, 70000, 7, spin=0.01) == data[7:70007]
-    finally:
-        os.close(fd)
+    assert _read_path(path, 70000, 7, spin=0.01) == data[7:70007]
     assert fake.calls.count(os.RWF_NOWAIT) > 1  # it asked again while spinning
     assert fake.calls[-1] == 0  # and then blocked
 
@@ -128,11 +128,7 @@ def test_a_filesystem_without_nonblocking_reads_is_read_blocking(tmp_path, monke
         raise OSError(errno.EOPNOTSUPP, "no RWF_NOWAIT here")
 
     fake = _Preadv(monkeypatch, unsupported)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        assert _read(fd, SIZE, 0) == data
-    finally:
-        os.close(fd)
+    assert _read_path(path, SIZE, 0) == data
     assert fake.calls == [os.RWF_NOWAIT, 0]
 
 
@@ -143,13 +139,9 @@ def test_a_read_error_is_not_swallowed(tmp_path, monkeypatch):
         raise OSError(errno.EIO, "disk error")
 
     _Preadv(monkeypatch, broken)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        with pytest.raises(OSError) as info:
-            _read(fd, 100, 0)
-        assert info.value.errno == errno.EIO
-    finally:
-        os.close(fd)
+    with pytest.raises(OSError) as info:
+        _read_path(path, 100, 0)
+    assert info.value.errno == errno.EIO
 
 
 def test_no_spin_means_plain_blocking_reads(tmp_path, monkeypatch):
