@@ -255,3 +255,33 @@ def test_details_sealed_on_disk_and_readable_through_api(trail):
         assert mine and all(e["details"].get("session") == SESSION for e in mine)
         assert len(mine) < len(entries)
         assert m.audit_trail("no_such_session") == []
+
+
+def test_half_written_last_line_is_cut_at_reopen(trail):
+    """A writer killed inside write() leaves a fragment with no newline: the next open cuts it off."""
+    base, path, lines = trail
+    fragment = lines[-1][: len(lines[-1]) // 2]
+    write_lines(path, lines + [fragment])
+    result = verify_after_reopen(base)
+    assert result.ok, result.describe()
+    _path, after = read_lines(base)
+    assert after[: len(lines)] == lines and fragment not in "".join(after[len(lines):])
+
+
+def test_half_written_first_line_of_a_new_day_is_cut(trail):
+    """The kill came with the first line of a new day: that file holds only the fragment."""
+    base, path, lines = trail
+    path.rename(path.with_name("audit_20000101.jsonl"))  # the trail so far becomes an earlier day's
+    path.write_text(lines[-1][:40])
+    with manager(base) as m:
+        result = m.verify_audit()
+    assert result.ok, result.describe()
+    assert json.loads(path.read_text().splitlines()[0])["seq"] == len(lines) + 1
+
+
+def test_whole_lines_that_do_not_verify_are_not_cut(trail):
+    base, path, lines = trail
+    write_lines(path, lines + ["not json at all\n", lines[-1][:30]])
+    result = verify_after_reopen(base)
+    assert not result.ok and result.line == len(lines) + 1
+    assert "not json at all\n" in path.read_text()

@@ -94,7 +94,30 @@ class AuditLog:
                 break
             seq, prev, key = seq + 1, expected, _evolve(key)
             self._tail = (name, end)
+        self._cut_torn_line()
         return seq, prev, key
+
+    def _cut_torn_line(self) -> None:
+        """Cut off a last line that a killed process left half-written, so the next one starts clean.
+
+        Each line is one write(), but the kernel ends a write early, between pages, when the
+        writer is killed: the trail then ends in a fragment without a newline, past the last
+        line that verified. Appending after it would glue the next line onto it, and the trail
+        would look edited from there on. Only such a fragment at the end of the newest file is
+        cut; whole lines that do not verify are evidence, left for verify and fsck to report.
+        """
+        files = self.files()
+        if not files:
+            return
+        newest = files[-1]
+        start = self._tail[1] if self._tail is not None and self._tail[0] == newest.name else 0
+        with open(newest, "rb") as fh:
+            fh.seek(start)
+            rest = fh.read()
+        if rest and b"\n" not in rest:
+            os.truncate(newest, start)
+            log.warning("cut off a half-written last audit line (%d bytes): a process was killed while appending "
+                        "it", len(rest))
 
     def _valid_tail(self, name: Any, offset: Any) -> tuple[str, int] | None:
         """Where the checkpointed chain ends on disk, if the trail still reaches that far."""
