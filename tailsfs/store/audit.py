@@ -100,9 +100,9 @@ class AuditLog:
     def _cut_torn_line(self) -> None:
         """Cut off a last line that a killed process left half-written, so the next one starts clean.
 
-        Each line is one write(), but the kernel ends a write early, between pages, when the
-        writer is killed: the trail then ends in a fragment without a newline, past the last
-        line that verified. Appending after it would glue the next line onto it, and the trail
+        Each line is one write(), yet a writer killed while appending has left part of one
+        (the crash campaign saw it once): the trail then ends in a fragment without a newline,
+        past the last line that verified. Appending after it would glue the next line onto it, and the trail
         would look edited from there on. Only such a fragment at the end of the newest file is
         cut; whole lines that do not verify are evidence, left for verify and fsck to report.
         """
