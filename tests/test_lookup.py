@@ -33,9 +33,9 @@ def _count_stats(ops, tier: MemoryTier, monkeypatch) -> list[tuple[bytes, ...]]:
     asked: list[tuple[bytes, ...]] = []
     real = tree.getattr
 
-    def counting(path):
+    def counting(path, **hints):
         asked.append(tuple(path))
-        return real(path)
+        return real(path, **hints)
 
     monkeypatch.setattr(tree, "getattr", counting)
     return asked

@@ -28,6 +28,7 @@ from ..store.engine import Store, check_session_name
 from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
 from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
+from .prefetch import OpenAfterLookup
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class TailsOperations(pyfuse3.Operations):
         self._next_fh = 1
         # inodes whose entries the kernel caches, and when their files expire: dropped from its cache then
         self.expiring: Deadlines[int] = Deadlines()
+        self.pattern = OpenAfterLookup()  # whether lookups should start reading the file they find
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         self.on_emergency: Callable[[], None] | None = None
@@ -214,9 +216,14 @@ class TailsOperations(pyfuse3.Operations):
         """The child and its attributes from one store stat, which also tells a file from a directory.
 
         The stores answer an open file's stat from its open state (a writer's size included).
+        A disk tree also starts reading the file when the client has been opening or removing
+        the files it looks up (fuse/prefetch.py).
         """
-        attr = self._tree(parent).getattr(self.inodes.path(parent) + (name,))
-        return self.inodes.child(parent, name, is_dir=attr.is_dir), attr
+        attr = self._tree(parent).getattr(self.inodes.path(parent) + (name,), prefetch=self.pattern.likely)
+        node = self.inodes.child(parent, name, is_dir=attr.is_dir)
+        if not attr.is_dir:
+            self.pattern.looked_up(node.ino)
+        return node, attr
 
     @_guard
     def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -433,6 +440,7 @@ class TailsOperations(pyfuse3.Operations):
             raise _eperm()
         tree = self._tree(node)
         path = self._live_path(node)
+        self.pattern.used(inode)
         accmode = flags & os.O_ACCMODE
         # the kernel keeps the times of the files it caches writes for: they change only by SETATTR
         inner = tree.open(path, writable=accmode != os.O_RDONLY, truncate=bool(flags & os.O_TRUNC), keep_times=True)
@@ -534,6 +542,7 @@ class TailsOperations(pyfuse3.Operations):
                              session=parent.session)
         ino = self.inodes.by_name.get((parent.ino, name))
         if ino is not None:
+            self.pattern.used(ino)
             self.expiring.forget(ino)
             self.inodes.detach(self.inodes.get(ino))
 

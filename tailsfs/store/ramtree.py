@@ -171,7 +171,8 @@ class RamTree:
     def exists(self) -> bool:
         return True
 
-    def getattr(self, path: Path_) -> Attr:
+    def getattr(self, path: Path_, prefetch: bool = False) -> Attr:
+        """A node's attributes; ``prefetch`` is for disk trees (everything here is in RAM)."""
         return self.attr(self._node(path))
 
     def listdir(self, path: Path_) -> Iterator[tuple[bytes, Attr]]:
