@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Coroutine, Iterator
+from typing import Any, Callable, Coroutine, Iterator
 
 import pytest
 
@@ -264,6 +264,16 @@ def session(m: Mount, tier: str, name: str = "s1") -> Path:
     except FileExistsError:
         pass
     return p
+
+
+def wait_until(cond: Callable[[], bool], seconds: float = 30.0, interval: float = 0.05) -> bool:
+    """Poll ``cond``; True once it holds. Only a guard against hanging, never a timing assertion."""
+    deadline = time.monotonic() + seconds
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
 
 
 def drop_caches() -> None:

@@ -15,11 +15,12 @@ import secrets
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
-from conftest import CLI, Mount, daemon_pid, is_mounted, pid_alive, scan_for_marker, session, unmount_all
+from conftest import (CLI, Mount, daemon_pid, is_mounted, pid_alive, scan_for_marker, session, unmount_all,
+                      wait_until)
 
 TAILSFS = str(CLI)
 TIERS = ("volatile", "ephemeral", "persistent", "archive")
@@ -56,16 +57,6 @@ def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
     return lines[0]
-
-
-def wait_until(cond: Callable[[], bool], seconds: float = 30.0) -> bool:
-    """Poll ``cond``; True once it holds. Only a guard against hanging, never a timing assertion."""
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def processes_naming(path: Path) -> list[int]:

@@ -20,7 +20,7 @@ from tailsfs.fuse.prefetch import OpenAfterLookup
 from tailsfs.store.engine import Store
 from tailsfs.store.tiers import MemoryTier
 
-from conftest import session
+from conftest import session, wait_until
 
 NAMES = ("a", "b", "c", "d")
 
@@ -63,16 +63,6 @@ def _evict(paths: list[Path]) -> None:
         finally:
             os.close(fd)
     assert not any(_cached(p) for p in paths), "the base directory must be on a disk whose pages can be dropped"
-
-
-def _settle_until(cond, timeout: float = 2.0) -> bool:
-    """Poll ``cond`` until it holds or ``timeout`` passes (a prefetch's read completes in the background)."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 # -- the pattern -------------------------------------------------------------------------
@@ -128,7 +118,7 @@ def test_getattr_with_prefetch_brings_the_first_bytes_in(tree):
     _evict(list(hosts.values()))
     attr = tree.getattr((b"a",), prefetch=True)
     assert attr.size == 20000 and not attr.is_dir
-    assert _settle_until(lambda: _cached(hosts["a"])), "the prefetched file's header never reached the page cache"
+    assert wait_until(lambda: _cached(hosts["a"]), 2, interval=0.005), "the prefetched file's header never reached the page cache"
     time.sleep(0.1)
     assert not any(_cached(hosts[n]) for n in "bcd"), "only the file asked for is read"
 
@@ -204,7 +194,7 @@ def test_reading_files_one_after_another_prefetches_the_next(mount):
     assert (d / "a").read_bytes() == data["a"]  # LOOKUP a, OPEN a: the pattern is armed
     assert _cached_count(hosts) == 1
     os.stat(d / "b")  # LOOKUP b: its header is read now
-    assert _settle_until(lambda: _cached_count(hosts, 0) == 2), "the lookup after an open did not prefetch"
+    assert wait_until(lambda: _cached_count(hosts, 0) == 2, 2, interval=0.005), "the lookup after an open did not prefetch"
     os.stat(d / "c")  # b was not opened: no prefetch
     os.stat(d / "d")
     assert _cached_count(hosts) == 2
@@ -227,6 +217,6 @@ def test_removing_files_one_after_another_prefetches_the_next(mount):
     hosts = [h for h in hosts if h.exists()]
     assert len(hosts) == 3 and _cached_count(hosts) == 0
     os.stat(d / "b")
-    assert _settle_until(lambda: _cached_count(hosts, 0) == 1), "the lookup after an unlink did not prefetch"
+    assert wait_until(lambda: _cached_count(hosts, 0) == 1, 2, interval=0.005), "the lookup after an unlink did not prefetch"
     for n in "bcd":
         assert (d / n).read_bytes() == data[n]

@@ -18,11 +18,10 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
-from conftest import CLI, REPO, Mount, daemon_pid, is_mounted, pid_alive, session
+from conftest import CLI, REPO, Mount, daemon_pid, is_mounted, pid_alive, session, wait_until
 
 TIMEOUT = 120
 TTL = "user.tails.ttl"
@@ -382,16 +381,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def new_store(base: Path) -> None:
     run([TAILSFS, "init", "--base", str(base)], env=clean_env())
-
-
-def wait_until(cond: Callable[[], bool], seconds: float = 30.0) -> bool:
-    """Poll ``cond``; True once it holds. Only a guard against hanging, never a timing assertion."""
-    deadline = time.monotonic() + seconds
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def mount_entry(mp: Path) -> tuple[str, str]:
