@@ -171,9 +171,9 @@ def _host_files(base: Path) -> list[Path]:
     return found
 
 
-def _fresh_session(m) -> tuple[Path, dict[str, bytes], list[Path]]:
+def _fresh_session(m, tier: str = "persistent") -> tuple[Path, dict[str, bytes], list[Path]]:
     """Four files in a session, then a remount (no name cached in the kernel) and their host pages dropped."""
-    d = session(m, "persistent")
+    d = session(m, tier)
     data = {n: os.urandom(20000) for n in NAMES}
     for n, b in data.items():
         (d / n).write_bytes(b)
@@ -188,9 +188,10 @@ def _cached_count(hosts: list[Path], settle: float = 0.2) -> int:
     return sum(_cached(h) for h in hosts)
 
 
-def test_reading_files_one_after_another_prefetches_the_next(mount):
+@pytest.mark.parametrize("tier", ["persistent", "ephemeral"])
+def test_reading_files_one_after_another_prefetches_the_next(mount, tier):
     m = mount()
-    d, data, hosts = _fresh_session(m)
+    d, data, hosts = _fresh_session(m, tier)
     assert (d / "a").read_bytes() == data["a"]  # LOOKUP a, OPEN a: the pattern is armed
     assert _cached_count(hosts) == 1
     os.stat(d / "b")  # LOOKUP b: its header is read now
