@@ -285,3 +285,79 @@ def test_whole_lines_that_do_not_verify_are_not_cut(trail):
     result = verify_after_reopen(base)
     assert not result.ok and result.line == len(lines) + 1
     assert "not json at all\n" in path.read_text()
+
+
+# -- the line's bytes: formatted by hand, they must stay what json.dumps and hmac.digest give ----------
+FIELDS = [
+    (1, "2026-12-04T05:22:33.123456+00:00", "memory_read", "QUJD"),
+    (1234567, "", "", ""),
+    (7, 'a","b', 'c\\"d', "line\nbreak\ttab\x00nul"),
+    (42, "täg ☃ 𝄞", "événement", "\u2028\u2029\x7f"),
+]
+KEYS_OF_EVERY_LENGTH = [b"", b"k" * 32, bytes(range(64)), bytes(range(65)), bytes(range(200))]
+
+
+@pytest.mark.parametrize("fields", FIELDS)
+@pytest.mark.parametrize("key", KEYS_OF_EVERY_LENGTH)
+def test_mac_is_hmac_sha256_of_the_fields_json(fields, key):
+    import hmac
+
+    from tailsfs.store.audit import _mac
+
+    prev = bytes(range(32))
+    reference = hmac.digest(key, prev + json.dumps(list(fields), separators=(",", ":")).encode(), "sha256")
+    assert _mac(key, prev, *fields) == reference
+
+
+@pytest.mark.parametrize("fields", FIELDS)
+def test_line_is_the_json_of_its_fields(fields):
+    from tailsfs.store.audit import _line
+
+    seq, timestamp, event, details = fields
+    mac = bytes(range(32))
+    expected = json.dumps({"seq": seq, "timestamp": timestamp, "event": event, "details": details,
+                           "mac": mac.hex()}) + "\n"
+    assert _line(seq, timestamp, event, details, mac) == expected
+
+
+@pytest.mark.parametrize("fields", [("1", "t", "e", "d"), (True, "t", "e", "d"), (1.0, "t", "e", "d"),
+                                    (1, 5, "e", "d"), (1, "t", None, "d"), (1, "t", "e", ["d"])])
+def test_mac_refuses_fields_of_the_wrong_type(fields):
+    from tailsfs.store.audit import _mac
+
+    with pytest.raises(TypeError):
+        _mac(b"k" * 32, b"\0" * 32, *fields)
+
+
+@pytest.mark.parametrize("field,value", [("seq", "5"), ("timestamp", 20261204), ("event", None),
+                                         ("details", ["x"])])
+def test_field_of_the_wrong_type_detected(trail, field, value):
+    base, path, lines = trail
+    target = 4
+    edit(lines, target, **{field: value})
+    write_lines(path, lines)
+    result = verify_after_reopen(base)
+    assert not result.ok
+    assert result.line == target + 1 and result.count == target
+
+
+def test_new_lines_are_canonical_json_with_utc_timestamps(tmp_path):
+    import datetime as dt
+
+    base = tmp_path / "store"
+    before = dt.datetime.now(dt.timezone.utc)
+    with manager(base) as m:
+        s = m.create_session(SESSION)
+        m.write_memory(s, KEYS[0], b"x")
+        m._store.audit.record("test_event", where=tmp_path, count=3, ratio=0.5, flag=True, nothing=None)
+        entries = list(m._store.audit.entries())
+    after = dt.datetime.now(dt.timezone.utc)
+    _path, lines = read_lines(base)
+    for line in lines:
+        entry = json.loads(line)
+        assert json.dumps(entry) + "\n" == line
+        stamp = dt.datetime.fromisoformat(entry["timestamp"])
+        assert stamp.isoformat(timespec="microseconds") == entry["timestamp"]
+        assert before - dt.timedelta(seconds=1) <= stamp <= after + dt.timedelta(seconds=1)
+    details = [e["details"] for e in entries if e["event"] == "test_event"]
+    assert details == [{"where": str(tmp_path), "count": 3, "ratio": 0.5, "flag": True, "nothing": None}]

@@ -16,12 +16,12 @@ checkpoint, so cutting lines off the end is detected too.
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import hashlib
 import hmac
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -38,9 +38,45 @@ def _evolve(key: bytes) -> bytes:
     return hashlib.sha256(b"tailsfs/v1/audit-evolve" + key).digest()
 
 
+# Every line is formatted and MACed by hand, byte for byte as json.dumps and hmac.digest would:
+# in the daemon, with its caches cold from the request before, json.dumps with options (it builds
+# an encoder per call) and hmac.digest (OpenSSL fetches its MAC per call) made a line cost
+# 45–70 µs (docs/PERFORMANCE.md, nineteenth round).
+_quote = json.encoder.encode_basestring_ascii  # json.dumps's own quoting of a str (ensure_ascii)
+_DETAILS_JSON = json.JSONEncoder(default=str)  # json.dumps(details, default=str), without a new encoder per line
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
+
+
+def _hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) on hashlib: the key changes every line, so nothing is worth keeping."""
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    block = key.ljust(64, b"\0")
+    inner = hashlib.sha256(block.translate(_IPAD))
+    inner.update(msg)
+    return hashlib.sha256(block.translate(_OPAD) + inner.digest()).digest()
+
+
+def _mac_body(seq: int, timestamp: str, event: str, details: str) -> bytes:
+    """``json.dumps([seq, timestamp, event, details], separators=(",", ":"))``, the MAC's input.
+
+    Every field is quoted as JSON quotes it, so no two lines share an input; a field of the
+    wrong type (an edited line) raises TypeError.
+    """
+    if type(seq) is not int or type(timestamp) is not str or type(event) is not str or type(details) is not str:
+        raise TypeError("an audit field of the wrong type")
+    return f"[{seq},{_quote(timestamp)},{_quote(event)},{_quote(details)}]".encode()
+
+
 def _mac(key: bytes, prev: bytes, seq: int, timestamp: str, event: str, details: str) -> bytes:
-    body = json.dumps([seq, timestamp, event, details], separators=(",", ":")).encode()
-    return hmac.digest(key, prev + body, "sha256")
+    return _hmac_sha256(key, prev + _mac_body(seq, timestamp, event, details))
+
+
+def _line(seq: int, timestamp: str, event: str, details: str, mac: bytes) -> str:
+    """The line as ``json.dumps`` writes the dict of its five fields."""
+    return (f'{{"seq": {seq}, "timestamp": {_quote(timestamp)}, "event": {_quote(event)}, '
+            f'"details": {_quote(details)}, "mac": "{mac.hex()}"}}\n')
 
 
 @dataclass
@@ -71,6 +107,7 @@ class AuditLog:
         self._fd_day = ""
         self._fd_end = 0  # the open day file's length: only this process appends to it (the store is locked)
         self._tail: tuple[str, int] | None = None  # (file, offset) just past the chain's last line
+        self._second, self._second_text = -1, ""  # the last timestamp's whole second, and its text
         self.seq, self._prev, self._key = self._recover()
 
     # -- writing ------------------------------------------------------------
@@ -152,22 +189,29 @@ class AuditLog:
                     yield path.name, no, fh.tell(), entry
 
     def log(self, event: str, **details: Any) -> None:
-        now = _dt.datetime.now(_dt.timezone.utc)
         seq = self.seq + 1
-        sealed = base64.b64encode(self._details.seal(json.dumps(details, default=str).encode(), str(seq).encode()))
-        timestamp = now.isoformat(timespec="microseconds")
-        text = sealed.decode()
+        timestamp = self._timestamp()
+        text = base64.b64encode(self._details.seal(_DETAILS_JSON.encode(details).encode(), str(seq).encode())).decode()
         mac = _mac(self._key, self._prev, seq, timestamp, event, text)
-        line = json.dumps({"seq": seq, "timestamp": timestamp, "event": event, "details": text, "mac": mac.hex()})
         day = timestamp[:10].replace("-", "")  # the UTC date, as in the file name
         if day != self._fd_day:
             self._close_fd()
             self._fd = os.open(self.dir / f"audit_{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             self._fd_day = day
             self._fd_end = os.lseek(self._fd, 0, os.SEEK_END)
-        end = self._append((line + "\n").encode())
+        end = self._append(_line(seq, timestamp, event, text, mac).encode())
         self.seq, self._prev, self._key = seq, mac, _evolve(self._key)
         self._tail = (f"audit_{day}.jsonl", end)
+
+    def _timestamp(self) -> str:
+        """Now, in UTC, as ``datetime.isoformat(timespec="microseconds")`` writes it.
+
+        The part down to the second is formatted once per second.
+        """
+        second, micro = divmod(time.time_ns() // 1000, 1_000_000)
+        if second != self._second:
+            self._second, self._second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._second_text}.{micro:06d}+00:00"
 
     def _append(self, data: bytes) -> int:
         """A whole line or nothing: a write cut short by a full disk is cut back off the trail.
