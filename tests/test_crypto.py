@@ -45,6 +45,46 @@ def test_derived_subkeys_differ_per_label_and_are_deterministic():
     assert len(derive(master, kdf.LABEL_NAMES, 64)) == 64
 
 
+def test_hkdf_is_rfc_5869():
+    """RFC 5869 appendix A, test case 3 (no salt, no info): our no-salt HKDF is the standard one."""
+    okm = derive(bytes([0x0B]) * 22, b"", 42)
+    assert okm.hex() == ("8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d"
+                         "9d201395faa4b61a96c8")
+
+
+@pytest.mark.parametrize("length", [1, 16, 32, 33, 64, 100, 255 * 32])
+@pytest.mark.parametrize("key_size", [16, 32, 64, 100])
+def test_hkdf_matches_the_cryptography_package(length, key_size):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    key = os.urandom(key_size)
+    for label in [*_labels().values(), b"", b"x" * 300]:
+        reference = HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(key)
+        assert derive(key, label, length) == reference
+        assert derive(SecretKey(key) if key_size == 32 else key, label, length) == reference
+
+
+def test_derive_pair_is_two_derives_and_lengths_are_bounded():
+    key = SecretKey(os.urandom(32))
+    a, b = kdf.derive_pair(key, b"tailsfs/v1/file-content", b"tailsfs/v1/file-metadata")
+    assert (a, b) == (derive(key, b"tailsfs/v1/file-content"), derive(key, b"tailsfs/v1/file-metadata"))
+    for bad in (0, 255 * 32 + 1):
+        with pytest.raises(ValueError):
+            derive(key, b"label", bad)
+
+
+@pytest.mark.parametrize("key_size", [0, 1, 32, 63, 64, 65, 200])
+def test_hmac_sha256_matches_the_standard_library(key_size):
+    import hmac
+
+    from tailsfs.crypto.mac import hmac_sha256
+
+    key = os.urandom(key_size)
+    for msg in (b"", b"m", os.urandom(64), os.urandom(1000)):
+        assert hmac_sha256(key, msg) == hmac.digest(key, msg, "sha256")
+
+
 def test_secret_key_destroy_and_repr():
     key = SecretKey(os.urandom(32))
     assert "hidden" in repr(key)
@@ -63,6 +103,15 @@ def test_wrap_unwrap_round_trip():
     assert key not in box
     assert bytes(unwrap_key(kek, box, b"ad", "test key")) == key
     assert wrap_key(kek, key, b"ad") != box  # random nonce
+
+
+def test_wrap_and_unwrap_take_a_keyed_sealer_as_the_kek():
+    kek, key = os.urandom(32), os.urandom(32)
+    sealer = Sealer(kek)
+    assert bytes(unwrap_key(sealer, wrap_key(kek, key, b"ad"), b"ad", "test key")) == key
+    assert bytes(unwrap_key(kek, wrap_key(sealer, key, b"ad"), b"ad", "test key")) == key
+    with pytest.raises(IntegrityError):
+        unwrap_key(Sealer(os.urandom(32)), wrap_key(kek, key, b"ad"), b"ad", "test key")
 
 
 def test_unwrap_with_wrong_key_or_ad_fails():

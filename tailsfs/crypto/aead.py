@@ -53,13 +53,18 @@ class Sealer:
             raise IntegrityError(what) from None
 
 
-def wrap_key(kek: SecretKey | bytes, key: SecretKey | bytes, ad: bytes) -> bytes:
+def wrap_key(kek: SecretKey | bytes | Sealer, key: SecretKey | bytes, ad: bytes) -> bytes:
     """Encrypt a 32-byte key under a key-encryption key (60-byte box)."""
-    return Sealer(kek).seal(bytes(key), ad)
+    return _sealer(kek).seal(bytes(key), ad)
 
 
-def unwrap_key(kek: SecretKey | bytes, box: bytes, ad: bytes, what: str) -> SecretKey:
-    return SecretKey(Sealer(kek).open(box, ad, what))
+def unwrap_key(kek: SecretKey | bytes | Sealer, box: bytes, ad: bytes, what: str) -> SecretKey:
+    """The key in ``box``; ``kek`` may be a :class:`Sealer` already keyed, for a key that unwraps many."""
+    return SecretKey(_sealer(kek).open(box, ad, what))
+
+
+def _sealer(kek: SecretKey | bytes | Sealer) -> Sealer:
+    return kek if isinstance(kek, Sealer) else Sealer(kek)
 
 
 WRAPPED_KEY_SIZE = 32 + OVERHEAD

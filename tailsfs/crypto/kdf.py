@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ..errors import WeakParametersError
+from .mac import hmac_sha256
 from .secret import SecretKey
 
 # Labels: one per use. Changing one makes every existing store unreadable.
@@ -28,9 +27,32 @@ LABEL_DIR_META = b"tailsfs/v1/directory-metadata"
 LABEL_USER_KEY = b"tailsfs/v1/user-key"
 
 
+_NO_SALT = bytes(32)  # RFC 5869 §2.2: no salt means HashLen zero bytes
+
+
 def derive(key: SecretKey | bytes, label: bytes, length: int = 32) -> bytes:
-    """HKDF-SHA256 sub-key of ``key`` for the purpose named by ``label``."""
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=label).derive(bytes(key))
+    """HKDF-SHA256 sub-key of ``key`` for the purpose named by ``label`` (RFC 5869, no salt)."""
+    return _expand(_extract(key), label, length)
+
+
+def derive_pair(key: SecretKey | bytes, first: bytes, second: bytes) -> tuple[bytes, bytes]:
+    """``(derive(key, first), derive(key, second))``, extracting once: a file's two keys, at every open."""
+    prk = _extract(key)
+    return _expand(prk, first, 32), _expand(prk, second, 32)
+
+
+def _extract(key: SecretKey | bytes) -> bytes:
+    return hmac_sha256(_NO_SALT, bytes(key))
+
+
+def _expand(prk: bytes, info: bytes, length: int) -> bytes:
+    if not 0 < length <= 255 * 32:
+        raise ValueError("HKDF-SHA256 derives 1 to 8160 bytes")
+    out, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):  # T(1) ‖ T(2) ‖ … until length bytes
+        block = hmac_sha256(prk, block + info + bytes((counter,)))
+        out += block
+    return out[:length]
 
 
 @dataclass(frozen=True)

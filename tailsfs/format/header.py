@@ -24,7 +24,7 @@ import struct
 from dataclasses import dataclass
 
 from ..crypto.aead import OVERHEAD, WRAPPED_KEY_SIZE, Sealer, unwrap_key, wrap_key
-from ..crypto.kdf import derive
+from ..crypto.kdf import derive_pair
 from ..crypto.secret import SecretKey
 from ..errors import IntegrityError
 from .meta import Meta
@@ -73,10 +73,8 @@ class Header:
 
     @classmethod
     def _with_key(cls, tier, codec, chunk_size, file_id, prefix, wrapped, data_key, meta) -> "Header":
-        return cls(
-            tier, codec, chunk_size, file_id, prefix, wrapped,
-            Sealer(derive(data_key, LABEL_CONTENT)), Sealer(derive(data_key, LABEL_META)), meta,
-        )
+        content_key, meta_key = derive_pair(data_key, LABEL_CONTENT, LABEL_META)
+        return cls(tier, codec, chunk_size, file_id, prefix, wrapped, Sealer(content_key), Sealer(meta_key), meta)
 
     @classmethod
     def decode(cls, raw: bytes, wrap: SecretKey | bytes, expected_tier: int, what: str) -> "Header":

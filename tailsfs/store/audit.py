@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..crypto.aead import Sealer
+from ..crypto.mac import hmac_sha256
 from ..errors import IntegrityError
 from .appending import append_whole
 
@@ -38,24 +39,11 @@ def _evolve(key: bytes) -> bytes:
     return hashlib.sha256(b"tailsfs/v1/audit-evolve" + key).digest()
 
 
-# Every line is formatted and MACed by hand, byte for byte as json.dumps and hmac.digest would:
-# in the daemon, with its caches cold from the request before, json.dumps with options (it builds
-# an encoder per call) and hmac.digest (OpenSSL fetches its MAC per call) made a line cost
-# 45–70 µs (docs/PERFORMANCE.md, nineteenth round).
+# Every line is formatted by hand, byte for byte as json.dumps would: in the daemon, with its
+# caches cold from the request before, json.dumps with options (it builds an encoder per call)
+# and hmac.digest made a line cost 45–70 µs (docs/PERFORMANCE.md, nineteenth round).
 _quote = json.encoder.encode_basestring_ascii  # json.dumps's own quoting of a str (ensure_ascii)
 _DETAILS_JSON = json.JSONEncoder(default=str)  # json.dumps(details, default=str), without a new encoder per line
-_IPAD = bytes(b ^ 0x36 for b in range(256))
-_OPAD = bytes(b ^ 0x5C for b in range(256))
-
-
-def _hmac_sha256(key: bytes, msg: bytes) -> bytes:
-    """HMAC-SHA256 (RFC 2104) on hashlib: the key changes every line, so nothing is worth keeping."""
-    if len(key) > 64:
-        key = hashlib.sha256(key).digest()
-    block = key.ljust(64, b"\0")
-    inner = hashlib.sha256(block.translate(_IPAD))
-    inner.update(msg)
-    return hashlib.sha256(block.translate(_OPAD) + inner.digest()).digest()
 
 
 def _mac_body(seq: int, timestamp: str, event: str, details: str) -> bytes:
@@ -70,7 +58,7 @@ def _mac_body(seq: int, timestamp: str, event: str, details: str) -> bytes:
 
 
 def _mac(key: bytes, prev: bytes, seq: int, timestamp: str, event: str, details: str) -> bytes:
-    return _hmac_sha256(key, prev + _mac_body(seq, timestamp, event, details))
+    return hmac_sha256(key, prev + _mac_body(seq, timestamp, event, details))
 
 
 def _line(seq: int, timestamp: str, event: str, details: str, mac: bytes) -> str:

@@ -233,7 +233,7 @@ class DiskTree:
         self.tier = tier
         self.root = root
         self._names = NameCipher(session.names_key)
-        self._wrap = session.file_wrap_key
+        self._wrap = Sealer(session.file_wrap_key)  # unwraps every file key of the session: keyed once
         self._dirmeta = Sealer(session.dir_meta_key)
         self._dirs: dict[str, DirInfo] = {}
         self._dir_hosts: dict[Path_, Path] = {}
