@@ -328,7 +328,7 @@ class DiskTree:
         if not path:
             raise oserror(errno.EPERM, "the session root")
         check_name(path[-1])
-        parent = self._host(path[:-1])
+        parent = self._dir_host(path[:-1])
         name = self._host_name(parent, path[-1])
         return parent, name, parent / name
 
@@ -509,7 +509,7 @@ class DiskTree:
         """TTL for a new file: nearest directory default, else the tier's."""
         for depth in range(len(parent), -1, -1):
             try:  # folders a write is about to create have no default yet
-                ttl = self._dirinfo(self._host(parent[:depth])).default_ttl
+                ttl = self._dirinfo(self._dir_host(parent[:depth])).default_ttl
             except (FileNotFoundError, NotADirectoryError):
                 continue
             if ttl is not None:
