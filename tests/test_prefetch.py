@@ -33,15 +33,15 @@ _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctype
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _cached(path: Path) -> bool:
-    """True when the file's first page is in the page cache.
+def _cached(path: Path, offset: int = 0) -> bool:
+    """True when the file's page at ``offset`` (a multiple of 4096) is in the page cache.
 
     mincore(2) on a mapping asks without reading: a probe that reads (even with
     RWF_NOWAIT) would itself start the kernel's readahead.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
-        addr = _libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        addr = _libc.mmap(None, 4096, mmap.PROT_READ, mmap.MAP_SHARED, fd, offset)
         assert addr != _MAP_FAILED, os.strerror(ctypes.get_errno())
         try:
             vec = (ctypes.c_ubyte * 1)()
@@ -129,6 +129,23 @@ def test_getattr_without_prefetch_reads_nothing(tree):
     assert tree.getattr((b"a",)).size == 20000
     time.sleep(0.1)
     assert not _cached(hosts["a"])
+
+
+def test_open_asks_for_the_header_and_the_first_chunks_together(tree):
+    """The header's read alone brings in the kernel's first readahead window (16 KiB here); the
+    chunks the face hands to the page cache next would be a second wait for the disk."""
+    h = tree.create((b"big",), 0o644)
+    h.write(0, os.urandom(100 * 1024))
+    h.release()
+    host = tree._host((b"big",))
+    _evict([host])
+    h = tree.open((b"big",), writable=False)
+    try:
+        assert h.getattr().size == 100 * 1024
+        assert wait_until(lambda: _cached(host, 96 * 1024), 2, interval=0.005), \
+            "the open read the header but did not ask for the chunks after it"
+    finally:
+        h.release()
 
 
 def test_prefetch_of_a_directory_or_a_missing_file(tree):

@@ -207,6 +207,14 @@ class DiskHandle:
         return self.of.tree._release(self.of)
 
 
+def _start_reading(fd: int, length: int) -> None:
+    """Ask the kernel to read a host file's first ``length`` bytes into the page cache; no wait, no error."""
+    try:
+        os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+
+
 def _set_times(target: int | Path, atime_ns: int | None, mtime_ns: int | None) -> None:
     """Set the access and modification times of a descriptor or a path (never followed); None keeps one."""
     if atime_ns is None and mtime_ns is None:
@@ -419,9 +427,7 @@ class DiskTree:
         except OSError:
             return
         try:
-            os.posix_fadvise(fd, 0, HEADER_SIZE + PREFETCH_BYTES, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
+            _start_reading(fd, HEADER_SIZE + PREFETCH_BYTES)
         finally:
             os.close(fd)
 
@@ -574,6 +580,9 @@ class DiskTree:
         of = self._open.get(s.st_ino)
         if of is None:
             fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
+            # The header, then the first chunks for the kernel's page cache: one disk read for
+            # both, where the header's read alone would bring in only the first 16 KiB.
+            _start_reading(fd, min(s.st_size, HEADER_SIZE + PREFETCH_BYTES))
             try:
                 ef = EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, self._what(path))
                 self._check_live(ef.meta)
