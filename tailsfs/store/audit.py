@@ -39,9 +39,9 @@ def _evolve(key: bytes) -> bytes:
     return hashlib.sha256(b"tailsfs/v1/audit-evolve" + key).digest()
 
 
-# Every line is formatted by hand, byte for byte as json.dumps would: in the daemon, with its
-# caches cold from the request before, json.dumps with options (it builds an encoder per call)
-# and hmac.digest made a line cost 45–70 µs (docs/PERFORMANCE.md, nineteenth round).
+# Every line is formatted by hand, byte for byte as json.dumps would: in the daemon a line made
+# with json.dumps (which builds an encoder per call when given options) and hmac.digest cost
+# 45–70 µs, several times what the same calls cost in a loop (docs/PERFORMANCE.md, nineteenth round).
 _quote = json.encoder.encode_basestring_ascii  # json.dumps's own quoting of a str (ensure_ascii)
 _DETAILS_JSON = json.JSONEncoder(default=str)  # json.dumps(details, default=str), without a new encoder per line
 
