@@ -62,7 +62,7 @@ class Header:
     meta: Meta
 
     @classmethod
-    def new(cls, wrap: SecretKey | bytes, tier: int, codec: int, chunk_size: int, meta: Meta) -> "Header":
+    def new(cls, wrap: SecretKey | bytes | Sealer, tier: int, codec: int, chunk_size: int, meta: Meta) -> "Header":
         file_id = os.urandom(16)
         prefix = _PREFIX.pack(MAGIC, VERSION, tier, codec, chunk_size, file_id)
         data_key = SecretKey(os.urandom(32))
@@ -77,7 +77,7 @@ class Header:
         return cls(tier, codec, chunk_size, file_id, prefix, wrapped, Sealer(content_key), Sealer(meta_key), meta)
 
     @classmethod
-    def decode(cls, raw: bytes, wrap: SecretKey | bytes, expected_tier: int, what: str) -> "Header":
+    def decode(cls, raw: bytes, wrap: SecretKey | bytes | Sealer, expected_tier: int, what: str) -> "Header":
         """Parse and authenticate a header; IntegrityError naming ``what`` on any fault."""
         if len(raw) < HEADER_SIZE:
             raise IntegrityError(what, "header truncated")

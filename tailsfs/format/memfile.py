@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import struct
 
-from ..crypto.aead import NONCE_SIZE, OVERHEAD, TAG_SIZE
+from ..crypto.aead import NONCE_SIZE, OVERHEAD, TAG_SIZE, Sealer
 from ..crypto.secret import SecretKey
 from ..errors import IntegrityError
 from .backing import Backing
@@ -68,7 +68,7 @@ class EncryptedFile:
 
     # -- life cycle -------------------------------------------------------
     @classmethod
-    def create(cls, backing: Backing, wrap: SecretKey | bytes, tier: int, codec: int, chunk_size: int,
+    def create(cls, backing: Backing, wrap: SecretKey | bytes | Sealer, tier: int, codec: int, chunk_size: int,
                meta: Meta, what: str) -> "EncryptedFile":
         """A new memory on an empty backing (a fresh host file or an emptied spare).
 
@@ -81,7 +81,7 @@ class EncryptedFile:
         return cls(backing, header, what)
 
     @classmethod
-    def open(cls, backing: Backing, wrap: SecretKey | bytes, tier: int, what: str) -> "EncryptedFile":
+    def open(cls, backing: Backing, wrap: SecretKey | bytes | Sealer, tier: int, what: str) -> "EncryptedFile":
         return cls(backing, Header.decode(backing.pread(HEADER_SIZE, 0), wrap, tier, what), what)
 
     @property

@@ -581,8 +581,9 @@ class DiskTree:
         if of is None:
             fd = os.open(host, os.O_RDWR | os.O_NOFOLLOW)
             # The header, then the first chunks for the kernel's page cache: one disk read for
-            # both, where the header's read alone would bring in only the first 16 KiB.
-            _start_reading(fd, min(s.st_size, HEADER_SIZE + PREFETCH_BYTES))
+            # both, where the header's read alone would bring in only the first 16 KiB. A
+            # truncating open needs the header only.
+            _start_reading(fd, HEADER_SIZE if truncate else min(s.st_size, HEADER_SIZE + PREFETCH_BYTES))
             try:
                 ef = EncryptedFile.open(self._backing(fd), self._wrap, self.tier.code, self._what(path))
                 self._check_live(ef.meta)
