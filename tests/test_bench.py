@@ -137,6 +137,18 @@ def test_summary_and_table(quick_report: dict) -> None:
     assert len([ln for ln in table.splitlines() if ln.startswith("| ")]) - 1 == len(summary)
 
 
+@pytest.mark.timeout(1800)
+def test_the_machine_s_idle_cpus_are_recorded(quick_report: dict) -> None:
+    """A wake-up's cost moves every synchronous workload: the report says how idle CPUs wait."""
+    idle = quick_report["meta"]["cpu_idle"]
+    driver = Path("/sys/devices/system/cpu/cpuidle/current_driver")
+    assert idle.startswith("cpuidle " + (driver.read_text().strip() if driver.exists() else "none"))
+    polling = Path("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+    if polling.exists():
+        assert idle.endswith(f"guest_halt_poll_ns={polling.read_text().strip()}")
+    assert f"(idle: {idle})" in quick_report["_markdown"]
+
+
 @pytest.mark.timeout(600)
 def test_interrupt_unmounts_everything(tmp_path: Path) -> None:
     """Ctrl-C once every target is mounted: the run ends with 130, no mount and no work directory left."""
