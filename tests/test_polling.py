@@ -1,7 +1,8 @@
 """The request poller: it polls the FUSE device only while requests keep coming, and never burns CPU on an idle mount.
 
 The unit tests stand a pipe in for /dev/fuse and wait on it the way pyfuse3
-does, through the ``trio.lowlevel`` attributes the poller replaces. Whether a
+does, through its module attribute ``pyfuse3.trio``, which the poller
+replaces while it is installed. Whether a
 wait is polling or parked in trio's epoll shows in trio's public I/O
 statistics (``tasks_waiting_read``).
 """
@@ -12,11 +13,12 @@ import signal
 import subprocess
 import time
 
+import pyfuse3
 import pytest
 import trio
 
 from tailsfs.config import MountConfig, set_option
-from tailsfs.fuse.polling import RequestPoller, is_fuse_device
+from tailsfs.fuse.polling import TRIO_TURN, RequestPoller, SoleReaderLock, is_fuse_device
 
 from conftest import CLI, REPO, _fuse_available, is_mounted, pid_alive
 
@@ -36,7 +38,8 @@ def _parked_waits() -> int:
 async def _serve_requests(fd: int, served: list[float]) -> None:
     """pyfuse3's loop in miniature: wait for the device, read one request, repeat."""
     while True:
-        await trio.lowlevel.wait_readable(fd)
+        async with pyfuse3.trio.Lock():
+            await pyfuse3.trio.lowlevel.wait_readable(fd)
         os.read(fd, 1)
         served.append(time.perf_counter())
 
@@ -102,11 +105,11 @@ def test_notify_closing_ends_the_wait(pipe, polling):
             async with trio.open_nursery() as nursery:
                 async def waiter() -> None:
                     with pytest.raises(trio.ClosedResourceError):
-                        await trio.lowlevel.wait_readable(r)
+                        await pyfuse3.trio.lowlevel.wait_readable(r)
                 nursery.start_soon(waiter)
                 await trio.sleep(0.05)
                 assert _parked_waits() == (idle if polling else idle + 1)
-                trio.lowlevel.notify_closing(r)
+                pyfuse3.trio.lowlevel.notify_closing(r)
 
     with poller.installed():
         trio.run(scenario)
@@ -135,15 +138,70 @@ def test_installed_restores_trio_and_off_installs_nothing():
     wait, notify = trio.lowlevel.wait_readable, trio.lowlevel.notify_closing
     poller = RequestPoller(0.001)
     with poller.installed():
-        assert trio.lowlevel.wait_readable == poller.wait_readable
-        assert trio.lowlevel.notify_closing == poller.notify_closing
-    assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify)
+        assert pyfuse3.trio.lowlevel.wait_readable == poller.wait_readable
+        assert pyfuse3.trio.lowlevel.notify_closing == poller.notify_closing
+        assert pyfuse3.trio.Lock is SoleReaderLock
+        assert pyfuse3.trio.open_nursery is trio.open_nursery  # the rest is trio's
+        assert pyfuse3.trio.lowlevel.current_task is trio.lowlevel.current_task
+        assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify), "only pyfuse3's view"
+    assert pyfuse3.trio is trio
     with pytest.raises(RuntimeError):
         with RequestPoller(0.001).installed():
             raise RuntimeError("the mount loop failed")
-    assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify)
+    assert pyfuse3.trio is trio
     with RequestPoller(0.0).installed():
-        assert (trio.lowlevel.wait_readable, trio.lowlevel.notify_closing) == (wait, notify)
+        assert pyfuse3.trio is trio
+
+
+def test_the_sole_reader_lock_never_yields_and_refuses_a_second_reader():
+    async def scenario() -> None:
+        lock = SoleReaderLock()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            async with lock:  # a trio.Lock would raise Cancelled here: it passes through trio's scheduler
+                assert lock.held
+        assert not lock.held
+        async with lock:
+            with pytest.raises(RuntimeError, match="exactly one"):
+                async with lock:
+                    pass
+
+    trio.run(scenario)
+
+
+def test_requests_found_waiting_skip_trio_but_other_tasks_still_run(pipe):
+    """A stream of waiting requests is served without trio's scheduler in between, yet not for longer than TRIO_TURN."""
+    r, w = pipe
+    hooks: list[str] = []
+    poller = RequestPoller(5.0, is_device=lambda fd: fd == r, on_wait=lambda: hooks.append("wait"),
+                           on_request=lambda: hooks.append("request"), on_park=lambda: hooks.append("park"))
+    n = 20_000
+
+    async def scenario() -> tuple[int, float]:
+        served: list[float] = []
+        turns: list[float] = []
+
+        async def other_task() -> None:
+            while True:
+                turns.append(time.perf_counter())
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            await trio.sleep(0.01)
+            os.write(w, b"x" * n)  # n requests waiting at once
+            nursery.start_soon(_serve_requests, r, served)
+            await _until_served(served, n)
+            nursery.cancel_scope.cancel()
+        during = [t for t in turns if served[0] < t < served[-1]]
+        return len(during), served[-1] - served[0]
+
+    with poller.installed():
+        other_turns, span = trio.run(scenario)
+    assert hooks[:3] == ["wait", "park", "request"], "the first request found the wait parked"
+    assert hooks.count("request") == n and hooks.count("wait") == n + 1  # the last wait is cancelled
+    assert other_turns >= 1, "the other task never ran while the requests kept coming"
+    assert other_turns <= span / TRIO_TURN + 2, "trio had a turn between requests that were already waiting"
 
 
 def test_parked_wait_uses_no_cpu(pipe):

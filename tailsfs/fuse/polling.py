@@ -9,9 +9,11 @@ scheduler, which gocryptfs runs on, spins the same way before it parks a
 thread.
 
 pyfuse3 waits for ``/dev/fuse`` with ``trio.lowlevel.wait_readable`` and ends
-that wait with ``trio.lowlevel.notify_closing``; it has no other hook. While
-:meth:`RequestPoller.installed` is active, both go through the poller for the
-FUSE device (every other file descriptor goes straight to trio): until
+that wait with ``trio.lowlevel.notify_closing``, both looked up through its
+module attribute ``pyfuse3.trio`` (which ``pyfuse3.asyncio`` replaces the same
+way). While :meth:`RequestPoller.installed` is active, that attribute is a
+stand-in for trio whose two calls go through the poller for the FUSE device
+(every other file descriptor goes straight to trio): until
 ``window`` seconds have passed since the last request, the wait asks the
 device with a zero-timeout ``poll(2)`` between trio checkpoints (so every
 other task still runs) and ``sched_yield`` calls (so anything else that
@@ -22,6 +24,17 @@ the round trip of a request that does nothing went from about 62 to 35 µs.
 
 The cost is CPU time: at most ``window`` of one core after the last request
 of a burst, so an idle mount uses none. ``poll_us=0`` turns it off.
+
+Two more things go through the same stand-in. pyfuse3 takes a ``trio.Lock``
+around every wait, so that its workers read the device in turn; taking a
+trio lock passes through trio's scheduler, one more turn of its run loop per
+request. The mount runs one worker, which has no one to exclude, so the
+stand-in's lock never yields (:class:`SoleReaderLock`). And a request found
+waiting is returned at once, without a trio checkpoint, as long as trio had
+a turn within :data:`TRIO_TURN`; every other task still runs at least that
+often. The hooks ``on_wait``, ``on_request`` and ``on_park`` tell the caller
+when the loop starts waiting, when a request came and when the wait parks in
+trio (fuse/follow.py uses them).
 """
 from __future__ import annotations
 
@@ -32,9 +45,11 @@ import stat
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
+import pyfuse3
 import trio
 
 FUSE_DEVICE = os.makedev(10, 229)  # /dev/fuse: misc major 10, FUSE_MINOR 229 on every Linux
+TRIO_TURN = 0.001  # a request found waiting skips trio's scheduler if trio had a turn this recently
 
 
 def is_fuse_device(fd: int) -> bool:
@@ -46,12 +61,46 @@ def is_fuse_device(fd: int) -> bool:
     return stat.S_ISCHR(info.st_mode) and info.st_rdev == FUSE_DEVICE
 
 
+class SoleReaderLock:
+    """pyfuse3's read lock for a loop with one worker: taking it never yields to trio."""
+
+    def __init__(self) -> None:
+        self.held = False
+
+    async def __aenter__(self) -> None:
+        if self.held:
+            raise RuntimeError("a second pyfuse3 worker: the mount must run exactly one")
+        self.held = True
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.held = False
+
+
+class _StandIn:
+    """A module's stand-in: the attributes given, everything else from ``module``."""
+
+    def __init__(self, module: Any, **own: Any) -> None:
+        self._module = module
+        self.__dict__.update(own)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+
+def _nothing() -> None:
+    return None
+
+
 class RequestPoller:
     """Keeps the wait for the FUSE device busy while requests keep coming."""
 
-    def __init__(self, window: float, is_device: Callable[[int], bool] = is_fuse_device) -> None:
+    def __init__(self, window: float, is_device: Callable[[int], bool] = is_fuse_device,
+                 on_wait: Callable[[], None] = _nothing, on_request: Callable[[], None] = _nothing,
+                 on_park: Callable[[], None] = _nothing) -> None:
         self.window = window
         self.last_request = float("-inf")
+        self.last_turn = float("-inf")  # when trio last had a turn during a wait
+        self.on_wait, self.on_request, self.on_park = on_wait, on_request, on_park
         self._is_device = is_device
         self._polls: dict[int, Any] = {}  # fd -> select.poll registered for it, None when not the device
         self._closing: set[int] = set()
@@ -60,17 +109,17 @@ class RequestPoller:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
-        """Route pyfuse3's waits through the poller while the block runs (nothing when off)."""
+        """pyfuse3 sees the stand-in for trio while the block runs (nothing changes when off)."""
         if self.window <= 0:
             yield
             return
-        lowlevel = trio.lowlevel
-        self._trio_wait, self._trio_notify = lowlevel.wait_readable, lowlevel.notify_closing
-        lowlevel.wait_readable, lowlevel.notify_closing = self.wait_readable, self.notify_closing
+        self._trio_wait, self._trio_notify = trio.lowlevel.wait_readable, trio.lowlevel.notify_closing
+        lowlevel = _StandIn(trio.lowlevel, wait_readable=self.wait_readable, notify_closing=self.notify_closing)
+        before, pyfuse3.trio = pyfuse3.trio, _StandIn(trio, lowlevel=lowlevel, Lock=SoleReaderLock)
         try:
             yield
         finally:
-            lowlevel.wait_readable, lowlevel.notify_closing = self._trio_wait, self._trio_notify
+            pyfuse3.trio = before
 
     def _poll_for(self, fd: Any) -> Any:
         if not isinstance(fd, int):
@@ -88,16 +137,26 @@ class RequestPoller:
         poll = self._poll_for(fd)
         if poll is None:
             return await self._trio_wait(fd)
+        self.on_wait()
+        now = time.perf_counter()
+        if now - self.last_turn < TRIO_TURN and fd not in self._closing and poll.poll(0):
+            return self._request_came(now)
         while time.perf_counter() - self.last_request < self.window:
             await trio.lowlevel.checkpoint()
+            self.last_turn = time.perf_counter()
             if fd in self._closing:
                 raise trio.ClosedResourceError("the FUSE session is ending")
             if poll.poll(0):
-                self.last_request = time.perf_counter()
-                return
+                return self._request_came(time.perf_counter())
             os.sched_yield()
+        self.on_park()
         await self._trio_wait(fd)
-        self.last_request = time.perf_counter()
+        self.last_turn = time.perf_counter()
+        self._request_came(self.last_turn)
+
+    def _request_came(self, now: float) -> None:
+        self.last_request = now
+        self.on_request()
 
     def notify_closing(self, fd: Any) -> None:
         """trio's ``notify_closing``: a wait that is polling ends as one parked in trio would."""
