@@ -36,6 +36,7 @@ class MountConfig:
     log_level: str = "WARNING"
     log_file: str = ""
     poll_us: int = 200
+    follow_client: bool = True
 
     def store_config(self) -> StoreConfig:
         # poll_us is how long the daemon stays busy instead of sleeping: for the next request

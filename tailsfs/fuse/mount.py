@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import pyfuse3
@@ -26,6 +27,7 @@ from ..cli import exitcodes
 from ..config import MountConfig, default_base, load_config, set_option
 from ..errors import IntegrityError, KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
+from .follow import ClientFollower, ThreadScheduler, may_leave_idle
 from .ops import TailsOperations
 from .polling import RequestPoller
 from .tuning import set_readahead
@@ -153,7 +155,24 @@ async def _tune_after_init(ops: TailsOperations) -> None:
     set_readahead(ops.mountpoint)
 
 
-def _serve(store: Store, ops: TailsOperations, poll_window: float) -> int:
+def _frames(exc: BaseException) -> str:
+    """Where ``exc`` (and each exception of a group) was raised: types and frames, never messages."""
+    inner = exc.exceptions if isinstance(exc, BaseExceptionGroup) else ()
+    lines = [f"{type(exc).__name__}:\n", *traceback.format_tb(exc.__traceback__)]
+    return "".join(lines) + "".join(_frames(e) for e in inner)
+
+
+def _follower(cfg: MountConfig) -> ClientFollower | None:
+    """The follower of the client's CPU, when asked for and possible here (fuse/follow.py)."""
+    if not cfg.follow_client or cfg.poll_us <= 0:
+        return None  # without the poller's hooks the follower would never go back to normal priority
+    if not may_leave_idle():
+        log.info("replies from the client's CPU are off: needs CAP_SYS_NICE or RLIMIT_NICE of 20")
+        return None
+    return ClientFollower(ThreadScheduler())
+
+
+def _serve(store: Store, ops: TailsOperations, cfg: MountConfig) -> int:
     """Run until unmounted or signalled; always release the store."""
     async def main() -> None:
         async with trio.open_nursery() as nursery:
@@ -170,12 +189,16 @@ def _serve(store: Store, ops: TailsOperations, poll_window: float) -> int:
             await pyfuse3.main(min_tasks=1, max_tasks=1)
             nursery.cancel_scope.cancel()
 
+    follower = ops.follower = _follower(cfg)
+    poller = RequestPoller(cfg.poll_us / 1e6)
+    if follower is not None:
+        poller.on_wait, poller.on_request, poller.on_park = follower.waiting, follower.arrived, follower.parked
     code = exitcodes.OK
     try:
-        with RequestPoller(poll_window).installed():
+        with poller.installed():
             trio.run(main)
     except BaseException as exc:  # noqa: BLE001 - the store must be released whatever happened
-        log.error("the FUSE loop stopped with %s", type(exc).__name__)
+        log.error("the FUSE loop stopped with %s\n%s", type(exc).__name__, _frames(exc))
         code = exitcodes.FAILURE
     finally:
         try:
@@ -211,7 +234,7 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
         except MountError as exc:
             print(f"tailsfs: {exc}", file=sys.stderr)
             return exc.code
-        return _serve(store, ops, cfg.poll_us / 1e6)
+        return _serve(store, ops, cfg)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the daemon
@@ -228,7 +251,7 @@ def mount_command(mountpoint: str, base: str | None, config: str | None, passphr
                 os.dup2(devnull, fd)
             os.write(write_fd, f"ok {os.getpid()}\n".encode())
             os.close(write_fd)
-            code = _serve(store, ops, cfg.poll_us / 1e6)
+            code = _serve(store, ops, cfg)
         except MountError as exc:
             os.write(write_fd, f"{exc.code} {exc}\n".encode())
         except BaseException as exc:  # noqa: BLE001

@@ -28,6 +28,7 @@ from ..store.engine import Store, check_session_name
 from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
 from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
+from .follow import ClientFollower
 from .prefetch import OpenAfterLookup
 
 log = logging.getLogger(__name__)
@@ -45,30 +46,40 @@ TEST_IO_FAULT_XATTR = b"user.tails.test.fault"  # value "op:errno:count", e.g. "
 def _guard(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: "TailsOperations", *args: Any) -> Any:
-        self.store.note_activity()
         try:
-            return fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except IntegrityError as exc:
-            log.error("%s: integrity check failed (%s); answering EIO", fn.__name__, exc.detail)
-            self.store.audit.record("integrity_error", operation=fn.__name__, detail=exc.detail, memory=exc.what)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except UnknownSessionError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except OSError as exc:
-            code = exc.errno or errno.EIO
-            if code == errno.EIO:
-                log.error("%s: I/O error from the store's disk", fn.__name__)
-                self.store.audit.record("io_error", operation=fn.__name__, detail=os.strerror(code))
-            raise pyfuse3.FUSEError(code) from None
-        except (ValueError, TypeError):
-            raise pyfuse3.FUSEError(errno.EINVAL) from None
-        except Exception as exc:  # never let one request kill the mount
-            log.error("%s failed with %s; answering EIO\n%s", fn.__name__, type(exc).__name__,
-                      "".join(traceback.format_tb(exc.__traceback__)))
-            raise pyfuse3.FUSEError(errno.EIO) from None
+            return _answer(self, fn, args)
+        finally:  # pyfuse3 sends the reply when this returns
+            if self.follower is not None:
+                ctx = args[-1] if args else None
+                self.follower.replying(ctx.pid if isinstance(ctx, pyfuse3.RequestContext) else 0)
     return wrapper
+
+
+def _answer(self: "TailsOperations", fn: Callable, args: tuple[Any, ...]) -> Any:
+    """``fn``'s answer, or the FUSEError that stands for what went wrong."""
+    self.store.note_activity()
+    try:
+        return fn(self, *args)
+    except pyfuse3.FUSEError:
+        raise
+    except IntegrityError as exc:
+        log.error("%s: integrity check failed (%s); answering EIO", fn.__name__, exc.detail)
+        self.store.audit.record("integrity_error", operation=fn.__name__, detail=exc.detail, memory=exc.what)
+        raise pyfuse3.FUSEError(errno.EIO) from None
+    except UnknownSessionError:
+        raise pyfuse3.FUSEError(errno.ENOENT) from None
+    except OSError as exc:
+        code = exc.errno or errno.EIO
+        if code == errno.EIO:
+            log.error("%s: I/O error from the store's disk", fn.__name__)
+            self.store.audit.record("io_error", operation=fn.__name__, detail=os.strerror(code))
+        raise pyfuse3.FUSEError(code) from None
+    except (ValueError, TypeError):
+        raise pyfuse3.FUSEError(errno.EINVAL) from None
+    except Exception as exc:  # never let one request kill the mount
+        log.error("%s failed with %s; answering EIO\n%s", fn.__name__, type(exc).__name__,
+                  "".join(traceback.format_tb(exc.__traceback__)))
+        raise pyfuse3.FUSEError(errno.EIO) from None
 
 
 def _eperm() -> pyfuse3.FUSEError:
@@ -118,6 +129,7 @@ class TailsOperations(pyfuse3.Operations):
         self.uid, self.gid = os.getuid(), os.getgid()
         self.started = time.time_ns()
         self.on_emergency: Callable[[], None] | None = None
+        self.follower: ClientFollower | None = None  # set by the mount when replies follow the client's CPU
 
     # -- helpers ----------------------------------------------------------------------
     def _tree(self, node: Node, create: bool = False):
@@ -745,7 +757,8 @@ class TailsOperations(pyfuse3.Operations):
         response = execute(self.store, request)
         if cmd == "status":
             response.update(mounted=True, mountpoint=self.mountpoint, pid=os.getpid(),
-                            prune_interval=self.prune_interval, open_files=len(self.handles))
+                            prune_interval=self.prune_interval, open_files=len(self.handles),
+                            follow_client=self.follower.report() if self.follower else {"on": False})
         if cmd == "wipe_session" and "error" not in response:
             self._forget_session(request["session"])
         return json.dumps(response, default=str).encode()
