@@ -76,9 +76,9 @@ def _follower(**kw: object) -> tuple[ClientFollower, FakeScheduler, Clock]:
 def _round_trip(f: ClientFollower, clock: Clock, gap: float, pid: int = 4242) -> None:
     """One reply, the client's next request ``gap`` seconds later, and the reply to it."""
     f.replying(pid)
-    f.waiting()
     clock.now += gap
     f.arrived()
+    f.handling()
     f.replying(pid)
 
 
@@ -90,7 +90,10 @@ def test_a_tight_loop_from_another_cpu_moves_the_thread_there_and_replies_idle()
     assert sched.asked("cpu_of") == [("cpu_of", 4242)]
     assert sched.asked("move_to") == [("move_to", 1)]
     assert sched.calls[-1] == ("set_idle", True) and f.idle and f.pinned
-    f.waiting()
+    clock.now += 5e-6
+    f.arrived()
+    assert sched.calls[-1] == ("set_idle", True), "a request libfuse answers itself goes out idle too"
+    f.handling()
     assert sched.calls[-1] == ("set_idle", False) and not f.idle
     assert f.report() == {"on": True, "idle_replies": 1, "moves": 1}
 
@@ -99,7 +102,6 @@ def test_a_client_already_on_this_cpu_is_not_looked_up_again():
     f, sched, clock = _follower(client_cpu=0, cpu=0)
     _round_trip(f, clock, gap=CROSSED / 2)  # came back at once: it shares this CPU
     assert sched.asked("cpu_of") == [] and sched.asked("set_idle") == [("set_idle", True)]
-    f.waiting()
     _round_trip(f, clock, gap=40e-6)  # a long wait: where is it?
     assert sched.asked("cpu_of") == [("cpu_of", 4242)] and sched.asked("move_to") == []
 
@@ -114,34 +116,34 @@ def test_a_request_without_a_sender_replies_idle_without_moving():
 def test_anything_else_runnable_keeps_normal_priority_and_unpins():
     f, sched, clock = _follower()
     _round_trip(f, clock, gap=40e-6)
-    f.waiting()
     assert f.pinned
     sched.running = 3  # another program wants a CPU now
     sched.calls.clear()
     clock.now += 40e-6
     f.arrived()
+    f.handling()
     f.replying(4242)
-    assert sched.asked("set_idle") == [] and sched.asked("unpin") == [("unpin",)] and not f.pinned
+    assert sched.asked("set_idle") == [("set_idle", False)], "normal priority for the handler, and for the reply"
+    assert sched.asked("unpin") == [("unpin",)] and not f.pinned
 
 
 def test_a_slow_client_is_answered_at_normal_priority_and_unpinned():
     f, sched, clock = _follower()
     _round_trip(f, clock, gap=40e-6)
-    f.waiting()
     sched.calls.clear()
     clock.now += TIGHT * 2  # the client thought for a while: not a synchronous loop
     f.arrived()
     assert sched.calls == [("unpin",)]
+    f.handling()
     f.replying(4242)
-    assert sched.calls == [("unpin",)], "no runnable count, no move, no idle reply"
+    assert sched.calls == [("unpin",), ("set_idle", False)], "no runnable count, no move, no idle reply"
 
 
-def test_parking_unpins():
+def test_parking_takes_normal_priority_back_and_unpins():
     f, sched, clock = _follower()
     _round_trip(f, clock, gap=40e-6)
-    f.waiting()
     f.parked()
-    assert sched.calls[-1] == ("unpin",) and not f.pinned
+    assert sched.calls[-2:] == [("set_idle", False), ("unpin",)] and not f.pinned and not f.idle
     f.parked()
     assert sched.asked("unpin") == [("unpin",)], "unpinned once"
 
@@ -165,7 +167,7 @@ def test_a_refused_return_to_normal_priority_is_logged_not_raised(caplog):
     f, sched, clock = _follower()
     _round_trip(f, clock, gap=40e-6)
     sched.fail = "set_idle"
-    f.waiting()  # must not raise
+    f.handling()  # must not raise
     assert f.off and "turned off" in caplog.text
 
 

@@ -8,19 +8,27 @@ on a VM whose idle vCPUs halt at once, more than many requests take
 (docs/PERFORMANCE.md, twentieth and twenty-first rounds). A reply sent from
 the client's own vCPU wakes it with a plain switch.
 
-Two facts of Linux's scheduler make that happen without pinning anything:
+Two facts of Linux's scheduler make that happen:
 
 - A woken task goes back to the CPU it last ran on when that CPU is idle,
   and a CPU whose only runnable tasks have the ``SCHED_IDLE`` policy counts
   as idle. So the daemon's thread takes ``SCHED_IDLE`` just before each
   reply: a client that last ran on the daemon's vCPU is woken there and, a
-  normal task, preempts the daemon at once. The daemon takes
-  ``SCHED_OTHER`` back as soon as it runs again to wait for the next request
-  (:meth:`ClientFollower.waiting`), so a request is never served at idle
-  priority.
+  normal task, preempts the daemon at once. The thread takes ``SCHED_OTHER``
+  back when one of our handlers starts (:meth:`ClientFollower.handling`) or
+  when its wait parks, so our handlers never run at idle priority; the few
+  requests libfuse answers by itself (``ioctl``, which Python's ``open``
+  sends for its ``isatty`` check) go out idle too, and keep the client here.
 - To share the client's vCPU in the first place, the daemon moves there
-  (its affinity set to that CPU, then back to its full set) when a request's
-  sender last ran elsewhere (``/proc/<pid>/stat``, field 39).
+  (its affinity set to that CPU) when a request's sender last ran elsewhere
+  (``/proc/<pid>/stat``, field 39), and holds it while the loop lasts: a
+  handler that sleeps in the kernel (an ``fsync``) is woken there too.
+
+What it costs: the client and the daemon then take turns on one vCPU. Work
+the daemon used to do on the other vCPU while the client computed (a
+``RELEASE``, which the client does not wait for, while it checksums the file
+it read) now waits for the client's next blocking request (docs/PERFORMANCE.md,
+twenty-first round, measures what that costs and what it gains).
 
 The hazard is starvation: a ``SCHED_IDLE`` thread runs only when its CPU has
 nothing else to run (beside a busy loop it ran once in 1.36 s here). So the
@@ -172,13 +180,13 @@ class ClientFollower:
         self.idle = True
         self.idle_replies += 1
 
-    def waiting(self) -> None:
-        """The loop waits for the next request again: back to normal priority first."""
+    def handling(self) -> None:
+        """One of our handlers starts: it runs at normal priority."""
         try:
             if self.idle:
                 self.idle = False
                 self.scheduler.set_idle(False)
-        except Exception as exc:  # noqa: BLE001 - the wait must go on whatever the scheduler said
+        except Exception as exc:  # noqa: BLE001 - the request must be served whatever the scheduler said
             self._give_up(exc)
 
     def arrived(self) -> None:
@@ -192,7 +200,8 @@ class ClientFollower:
             self._give_up(exc)
 
     def parked(self) -> None:
-        """The loop sleeps until the next request: an idle mount holds no CPU."""
+        """The loop sleeps until the next request: an idle mount holds no CPU and has normal priority."""
+        self.handling()
         try:
             self._unpin()
         except Exception as exc:  # noqa: BLE001 - the wait must go on whatever the scheduler said

@@ -192,7 +192,7 @@ def _serve(store: Store, ops: TailsOperations, cfg: MountConfig) -> int:
     follower = ops.follower = _follower(cfg)
     poller = RequestPoller(cfg.poll_us / 1e6)
     if follower is not None:
-        poller.on_wait, poller.on_request, poller.on_park = follower.waiting, follower.arrived, follower.parked
+        poller.on_request, poller.on_park = follower.arrived, follower.parked
     code = exitcodes.OK
     try:
         with poller.installed():

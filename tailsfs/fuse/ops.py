@@ -46,6 +46,8 @@ TEST_IO_FAULT_XATTR = b"user.tails.test.fault"  # value "op:errno:count", e.g. "
 def _guard(fn: Callable) -> Callable:
     @functools.wraps(fn)
     async def wrapper(self: "TailsOperations", *args: Any) -> Any:
+        if self.follower is not None:
+            self.follower.handling()
         try:
             return _answer(self, fn, args)
         finally:  # pyfuse3 sends the reply when this returns

@@ -32,9 +32,8 @@ request. The mount runs one worker, which has no one to exclude, so the
 stand-in's lock never yields (:class:`SoleReaderLock`). And a request found
 waiting is returned at once, without a trio checkpoint, as long as trio had
 a turn within :data:`TRIO_TURN`; every other task still runs at least that
-often. The hooks ``on_wait``, ``on_request`` and ``on_park`` tell the caller
-when the loop starts waiting, when a request came and when the wait parks in
-trio (fuse/follow.py uses them).
+often. The hooks ``on_request`` and ``on_park`` tell the caller when a
+request came and when the wait parks in trio (fuse/follow.py uses them).
 """
 from __future__ import annotations
 
@@ -95,12 +94,11 @@ class RequestPoller:
     """Keeps the wait for the FUSE device busy while requests keep coming."""
 
     def __init__(self, window: float, is_device: Callable[[int], bool] = is_fuse_device,
-                 on_wait: Callable[[], None] = _nothing, on_request: Callable[[], None] = _nothing,
-                 on_park: Callable[[], None] = _nothing) -> None:
+                 on_request: Callable[[], None] = _nothing, on_park: Callable[[], None] = _nothing) -> None:
         self.window = window
         self.last_request = float("-inf")
         self.last_turn = float("-inf")  # when trio last had a turn during a wait
-        self.on_wait, self.on_request, self.on_park = on_wait, on_request, on_park
+        self.on_request, self.on_park = on_request, on_park
         self._is_device = is_device
         self._polls: dict[int, Any] = {}  # fd -> select.poll registered for it, None when not the device
         self._closing: set[int] = set()
@@ -137,7 +135,6 @@ class RequestPoller:
         poll = self._poll_for(fd)
         if poll is None:
             return await self._trio_wait(fd)
-        self.on_wait()
         now = time.perf_counter()
         if now - self.last_turn < TRIO_TURN and fd not in self._closing and poll.poll(0):
             return self._request_came(now)
