@@ -276,3 +276,21 @@ def test_a_stopped_loop_logs_each_exception_s_type_and_frames_not_its_message():
     assert "ExceptionGroup:" in text and "KeyError:" in text and "ValueError:" in text
     assert "in fail" in text
     assert "plaintext-name.pt" not in text and "other-secret" not in text
+
+
+def test_a_large_read_or_write_lets_go_and_replies_as_before_for_a_while():
+    from tailsfs.fuse.follow import BULK_HOLD
+    f, sched, clock = _follower()
+    _round_trip(f, clock, gap=40e-6)
+    assert f.pinned and f.idle
+    clock.now += 5e-6
+    f.arrived()
+    f.handling()
+    sched.calls.clear()
+    f.replying(0, bulk=True)  # a 1 MiB write
+    assert sched.calls == [("unpin",)] and not f.pinned and not f.idle
+    _round_trip(f, clock, gap=10e-6)  # the getxattr the kernel sends before the next write
+    assert sched.asked("set_idle") == [] and sched.asked("runnable") == [], "replies as before"
+    clock.now += BULK_HOLD
+    _round_trip(f, clock, gap=40e-6)
+    assert sched.calls[-1] == ("set_idle", True), "the transfer is over: a synchronous loop again"

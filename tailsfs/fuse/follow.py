@@ -24,14 +24,19 @@ Two facts of Linux's scheduler make that happen:
   (``/proc/<pid>/stat``, field 39), and holds it while the loop lasts: a
   handler that sleeps in the kernel (an ``fsync``) is woken there too.
 
-What it costs: the client and the daemon then take turns on one vCPU. Work
+What it costs: the client and the daemon then take turns on one vCPU. For
+large reads and writes that is the wrong trade (a checkpoint's writer fills
+the next MiB while the daemon encrypts the last), so replies to them, and
+to everything within :data:`BULK_HOLD` of one (the ``getxattr`` the kernel
+sends before every ``write``), go out as before and let go of the client's
+vCPU. Work
 the daemon used to do on the other vCPU while the client computed (a
 ``RELEASE``, which the client does not wait for, while it checksums the file
 it read) now waits for the client's next blocking request (docs/PERFORMANCE.md,
 twenty-first round, measures what that costs and what it gains).
 
 The hazard is starvation: a ``SCHED_IDLE`` thread runs only when its CPU has
-nothing else to run (beside a busy loop it ran once in 1.36 s here). So the
+nothing else to run (beside a busy loop it waited up to 1.36 s for a turn here). So the
 daemon goes idle for a reply only when the machine runs nothing but this
 thread (``/proc/loadavg``'s count of runnable tasks is 1) and the client
 came back within :data:`TIGHT` last time (a synchronous loop, whose next
@@ -52,6 +57,7 @@ from typing import Callable, Protocol
 
 TIGHT = 0.001  # the client came back this soon last time: it is in a synchronous loop
 CROSSED = 20e-6  # a wait this long after a reply means the client was woken on another vCPU
+BULK_HOLD = 0.01  # after a large read or write, replies go out as before for this long
 CAP_SYS_NICE = 23
 _MAX_CLIENT_FDS = 64
 
@@ -155,12 +161,21 @@ class ClientFollower:
         self.moves = 0  # times the thread moved to its client's CPU
         self._replied: float | None = None
         self._gap: float | None = None  # from the last reply to the request after it
+        self._bulk_until = float("-inf")  # a large transfer is under way until then
 
-    def replying(self, pid: int) -> None:
-        """Just before a reply goes out; ``pid`` is the requester's (0 when the request did not say)."""
+    def replying(self, pid: int, bulk: bool = False) -> None:
+        """Just before a reply goes out; ``pid`` is the requester's (0 when the request did not say).
+
+        ``bulk`` marks a large read or write: there the client and the daemon
+        are better off working on two vCPUs at once than saving a wake-up.
+        """
         try:
+            now = self.clock()
             gap = self._gap
-            if gap is not None and gap < TIGHT and not self.off:
+            if bulk:
+                self._bulk_until = now + BULK_HOLD
+                self._unpin()
+            elif gap is not None and gap < TIGHT and now >= self._bulk_until and not self.off:
                 self._go_idle(pid, gap)
             self._replied = self.clock()
         except Exception as exc:  # noqa: BLE001 - the reply must go out whatever the scheduler said

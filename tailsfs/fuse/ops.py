@@ -34,6 +34,7 @@ from .prefetch import OpenAfterLookup
 log = logging.getLogger(__name__)
 
 CACHE_TIMEOUT = 300.0  # nothing changes behind the kernel: the daemon owns the store; expiry invalidates
+BULK_BYTES = 64 * 1024  # reads and writes this large keep both vCPUs busy: no reply from the client's (follow.py)
 FILL_MAX_BYTES = 128 * 1024  # files up to this size reach the kernel's page cache with their OPEN
 XATTR_PREFIX = b"user."
 TTL_XATTR = b"user.tails.ttl"
@@ -43,7 +44,8 @@ TEST_FAULT_XATTR = b"user.tails.test.raise"
 TEST_IO_FAULT_XATTR = b"user.tails.test.fault"  # value "op:errno:count", e.g. "read:5:1"
 
 
-def _guard(fn: Callable) -> Callable:
+def _guard(fn: Callable, payload: Callable[[tuple[Any, ...]], int] | None = None) -> Callable:
+    """``fn`` as a pyfuse3 handler; ``payload`` says how many bytes a request moves (reads, writes)."""
     @functools.wraps(fn)
     async def wrapper(self: "TailsOperations", *args: Any) -> Any:
         if self.follower is not None:
@@ -53,7 +55,8 @@ def _guard(fn: Callable) -> Callable:
         finally:  # pyfuse3 sends the reply when this returns
             if self.follower is not None:
                 ctx = args[-1] if args else None
-                self.follower.replying(ctx.pid if isinstance(ctx, pyfuse3.RequestContext) else 0)
+                self.follower.replying(ctx.pid if isinstance(ctx, pyfuse3.RequestContext) else 0,
+                                       bulk=payload is not None and payload(args) >= BULK_BYTES)
     return wrapper
 
 
@@ -486,7 +489,7 @@ class TailsOperations(pyfuse3.Operations):
         except OSError as exc:  # IntegrityError included; and ENOSYS from a kernel without the call
             log.debug("page cache left to READ (%s)", errno.errorcode.get(exc.errno or 0, "no errno"))  # no names
 
-    @_guard
+    @functools.partial(_guard, payload=lambda args: args[2])
     def read(self, fh: int, off: int, size: int) -> bytes | bytearray | memoryview:
         h = self.handles[fh]
         if isinstance(h, CtlHandle):
@@ -494,7 +497,7 @@ class TailsOperations(pyfuse3.Operations):
         # a view into a reused buffer is safe: pyfuse3 replies before any other request runs
         return h.inner.read_view(off, size)
 
-    @_guard
+    @functools.partial(_guard, payload=lambda args: len(args[2]))
     def write(self, fh: int, off: int, buf: bytes) -> int:
         h = self.handles[fh]
         if isinstance(h, CtlHandle):
