@@ -223,7 +223,7 @@ def test_a_synchronous_loop_gets_idle_replies_and_an_idle_mount_is_back_to_norma
     assert before["on"] is True
     _stat_loop(f, 2000)
     after = _status(m.mp)["follow_client"]
-    assert after["idle_replies"] - before["idle_replies"] > 1000
+    assert after["idle_replies"] > before["idle_replies"], "no reply from the client's CPU (is the machine otherwise idle?)"
     time.sleep(0.2)  # past poll_us: the wait has parked
     policy, cpus = _policy_and_cpus(m.pids[-1])
     assert policy == SCHED_OTHER

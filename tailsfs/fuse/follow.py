@@ -143,10 +143,6 @@ class ThreadScheduler:
             os.close(fd)
         self._clients.clear()
 
-    def close(self) -> None:
-        self._forget_clients()
-        os.close(self._loadavg)
-
 
 class ClientFollower:
     """Decides, reply by reply, whether to answer from the client's vCPU (see the module's doc)."""
