@@ -108,7 +108,7 @@ class ThreadScheduler:
         return int(text.split()[3].split(b"/")[0])
 
     def cpu_of(self, pid: int) -> int | None:
-        """The CPU ``pid`` last ran on; None when it is gone or cannot be read."""
+        """The CPU ``pid`` last ran on; None when it is gone, cannot be read or ran where this thread may not."""
         fd = self._clients.get(pid)
         try:
             if fd is None:
@@ -117,19 +117,19 @@ class ThreadScheduler:
                 fd = self._clients[pid] = os.open(f"/proc/{pid}/stat", os.O_RDONLY | os.O_CLOEXEC)
             text = os.pread(fd, 1024, 0)
             # after the ")" closing the command name: field 3 first, so "processor" (39) is item 36
-            return int(text[text.rindex(b")") + 2:].split(b" ", 37)[36])
+            cpu = int(text[text.rindex(b")") + 2:].split(b" ", 37)[36])
         except (OSError, ValueError, IndexError):
             if fd is not None:
                 os.close(self._clients.pop(pid))
             return None
+        return cpu if cpu in self._cpus else None
 
     def current_cpu(self) -> int:
         return self._getcpu()
 
     def move_to(self, cpu: int) -> None:
         """Run on ``cpu`` only, from now until :meth:`unpin`."""
-        if cpu in self._cpus:
-            os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, {cpu})
 
     def unpin(self) -> None:
         """Free to run on any of the thread's CPUs again."""
