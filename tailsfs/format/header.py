@@ -37,6 +37,7 @@ CODEC_ZSTD = 1
 
 _PREFIX = struct.Struct(">4sBBBxI16s")
 PREFIX_SIZE = _PREFIX.size  # 28
+FILE_ID_AT, FILE_ID_END = PREFIX_SIZE - 16, PREFIX_SIZE  # the file id, in the clear: the TTL index's key
 _WRAP_AT = PREFIX_SIZE
 _META_LEN_AT = _WRAP_AT + WRAPPED_KEY_SIZE  # 88
 _META_AT = _META_LEN_AT + 2  # 90

@@ -23,7 +23,7 @@ from ..crypto.aead import Sealer
 from ..crypto.names import LONG_PREFIX, NameCipher, b64d, b64e, is_long, long_name
 from ..errors import IntegrityError
 from ..format.backing import FdBacking
-from ..format.header import CODEC_RAW, HEADER_SIZE, Header
+from ..format.header import CODEC_RAW, FILE_ID_AT, FILE_ID_END, HEADER_SIZE, Header
 from ..format.memfile import MAX_FILE_SIZE, EncryptedFile, raw_size_from_host
 from ..format.meta import KIND_BYTES, Meta
 from .erase import destroy_header
@@ -45,6 +45,36 @@ class DirInfo:
     dir_id: bytes
     default_ttl: float | None = None
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
+
+
+class ClosedMemories:
+    """The file id and creation time of memories closed lately, by host inode.
+
+    An unlink names the memory in the audit by its creation time, which only
+    the header's sealed metadata holds. For a memory this tree has just had
+    open (a checkpoint rotated, a tree extracted then removed), the id read
+    from the header's clear prefix picks the time remembered at its close,
+    and the key is not unwrapped again. An inode reused by another memory
+    has another id, so a stale entry is never believed. Bounded: the oldest
+    entries go first.
+    """
+
+    LIMIT = 16_384  # about 3 MB
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        self.limit = limit
+        self._by_ino: dict[int, tuple[bytes, float]] = {}
+
+    def remember(self, ino: int, file_id: bytes, created: float) -> None:
+        self._by_ino.pop(ino, None)
+        if len(self._by_ino) >= self.limit:
+            del self._by_ino[next(iter(self._by_ino))]
+        self._by_ino[ino] = (file_id, created)
+
+    def created(self, ino: int, file_id: bytes) -> float | None:
+        """The creation time remembered for this inode, if it held the memory ``file_id``; forgets it."""
+        known = self._by_ino.pop(ino, None)
+        return known[1] if known is not None and known[0] == file_id else None
 
 
 class OpenFile:
@@ -248,6 +278,7 @@ class DiskTree:
         self._base_prefix = len(str(store.base)) + 1
         self._open: dict[int, OpenFile] = {}
         self._unsynced: set[int] = set()  # host inodes whose last header write failed
+        self._closed = ClosedMemories()
 
     # -- host paths and names ---------------------------------------------------
     def exists(self) -> bool:
@@ -666,6 +697,8 @@ class DiskTree:
             del self._open[of.ino]
             if of.trash is not None:
                 self._crypto_erase_open(of)
+            else:
+                self._closed.remember(of.ino, of.ef.header.file_id, of.ef.meta.created)
             of.ef.close()
         return written
 
@@ -772,18 +805,27 @@ class DiskTree:
                 return of.ef.meta.created
             fd = os.open(trash, os.O_RDWR | os.O_NOFOLLOW)
             try:
-                created = self._forget_header(fd)
+                created = self._forget_header(fd, s.st_ino)
                 destroy_header(fd, sync=False)
             finally:
                 os.close(fd)
         self.store.eraser.submit(trash, s.st_size)
         return created
 
-    def _forget_header(self, fd: int) -> float:
-        """Drop a doomed memory's TTL entry; its creation time if its header authenticates."""
-        raw = self._backing(fd).pread(HEADER_SIZE, 0)
-        if len(raw) >= 28:
-            self.store.ttl.remove(raw[12:28].hex())
+    def _forget_header(self, fd: int, ino: int) -> float:
+        """Drop a doomed memory's TTL entry; its creation time if its header authenticates.
+
+        A memory closed here not long ago is known by its file id: its header is
+        then not authenticated again just to name it in the audit.
+        """
+        backing = self._backing(fd)
+        file_id = backing.pread(FILE_ID_END, 0)[FILE_ID_AT:]
+        if len(file_id) == FILE_ID_END - FILE_ID_AT:
+            self.store.ttl.remove(file_id.hex())
+            created = self._closed.created(ino, file_id)
+            if created is not None:
+                return created
+        raw = backing.pread(HEADER_SIZE, 0)
         try:
             return Header.decode(raw, self._wrap, self.tier.code, "a memory").meta.created
         except (IntegrityError, ValueError):

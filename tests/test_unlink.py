@@ -1,0 +1,187 @@
+"""UNLINK: the header is destroyed at once, and the audit names the memory by its creation time.
+
+A memory closed in this tree not long ago is named from what its close remembered, without
+authenticating its header again (docs/PERFORMANCE.md, twenty-second round); anything else,
+or a header that is no longer the one remembered, is authenticated as before.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import OpContext, run_op
+from tailsfs.format.header import FILE_ID_AT, FILE_ID_END, HEADER_SIZE, Header
+from tailsfs.fuse.inodes import TIER_INODES
+from tailsfs.store.disktree import ClosedMemories
+from tailsfs.store.engine import Store
+from tailsfs.store.erase import destroy_header
+from tailsfs.store.tiers import MemoryTier
+
+DISK_TIERS = [MemoryTier.EPHEMERAL, MemoryTier.PERSISTENT, MemoryTier.ARCHIVE]
+
+
+@pytest.fixture(params=DISK_TIERS, ids=lambda t: t.value)
+def tier(request) -> MemoryTier:
+    return request.param
+
+
+def _decodes(monkeypatch) -> list[int]:
+    """Count header authentications anywhere in the store."""
+    calls: list[int] = []
+    real = Header.decode.__func__  # type: ignore[attr-defined]
+
+    def counting(cls, *args, **kwargs):
+        calls.append(1)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Header, "decode", classmethod(counting))
+    return calls
+
+
+def _deletes(store: Store) -> list[str]:
+    return [e["details"]["memory_id"] for e in store.audit.entries() if e["event"] == "memory_delete"]
+
+
+def _write(tree, name: bytes, data: bytes) -> float:
+    h = tree.create((name,), 0o600)
+    h.write(0, data)
+    created = h.of.ef.meta.created
+    h.release()
+    return created
+
+
+def _host(tree, name: bytes) -> Path:
+    return tree._host((name,))
+
+
+def _held_trash(store: Store, monkeypatch) -> list[Path]:
+    """Trashed files, kept from the eraser so that what the unlink left can be read."""
+    held: list[Path] = []
+    monkeypatch.setattr(store.eraser, "submit", lambda path, size=0: held.append(path))
+    return held
+
+
+def test_closed_memories_answer_only_for_the_same_file_id() -> None:
+    closed = ClosedMemories(limit=3)
+    closed.remember(7, b"a" * 16, 100.5)
+    assert closed.created(7, b"b" * 16) is None, "another memory on the same inode was believed"
+    assert closed.created(7, b"a" * 16) is None, "a stale entry survived its first use"
+    closed.remember(7, b"a" * 16, 100.5)
+    assert closed.created(7, b"a" * 16) == 100.5
+    assert closed.created(7, b"a" * 16) is None, "an entry answered twice"
+
+
+def test_closed_memories_forget_the_oldest_beyond_the_limit() -> None:
+    closed = ClosedMemories(limit=3)
+    for ino in range(4):
+        closed.remember(ino, bytes([ino]) * 16, float(ino))
+    assert closed.created(0, bytes([0]) * 16) is None
+    assert [closed.created(ino, bytes([ino]) * 16) for ino in (1, 2, 3)] == [1.0, 2.0, 3.0]
+    closed.remember(1, b"\1" * 16, 1.0)
+    closed.remember(2, b"\2" * 16, 2.0)
+    closed.remember(1, b"\1" * 16, 1.5)  # remembered again: now the newest
+    closed.remember(3, b"\3" * 16, 3.0)
+    closed.remember(4, b"\4" * 16, 4.0)
+    assert closed.created(2, b"\2" * 16) is None
+    assert closed.created(1, b"\1" * 16) == 1.5
+
+
+def test_unlink_after_close_names_the_memory_without_authenticating_again(tmp_path, tier, monkeypatch) -> None:
+    store = Store(tmp_path / "store")
+    try:
+        tree = store.tree("s", tier, create=True)
+        created = _write(tree, b"ckpt", os.urandom(10_000))
+        host = _host(tree, b"ckpt")
+        ino = host.stat().st_ino
+        decodes = _decodes(monkeypatch)
+        held = _held_trash(store, monkeypatch)
+        assert tree.unlink((b"ckpt",)) == created
+        assert decodes == [], "the header was authenticated again"
+        assert not host.exists()
+        (trashed,) = held
+        assert trashed.stat().st_ino == ino
+        assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE), "header not destroyed"
+    finally:
+        store.close()
+
+
+def test_unlink_of_a_memory_not_closed_here_authenticates_its_header(tmp_path, tier, monkeypatch) -> None:
+    base = tmp_path / "store"
+    store = Store(base)
+    created = _write(store.tree("s", tier, create=True), b"old", b"x" * 100)
+    store.close()
+    store = Store(base)  # a new mount: nothing remembered
+    try:
+        tree = store.tree("s", tier)
+        decodes = _decodes(monkeypatch)
+        assert tree.unlink((b"old",)) == created
+        assert decodes == [1]
+    finally:
+        store.close()
+
+
+def test_a_header_swapped_in_after_the_close_is_authenticated(tmp_path, tier, monkeypatch) -> None:
+    """Another memory's header copied over the remembered one: its own time, as before, never the remembered one."""
+    store = Store(tmp_path / "store")
+    try:
+        tree = store.tree("s", tier, create=True)
+        _write(tree, b"a", b"A" * 100)
+        store.clock.now = lambda: 2_000_000_000.0  # type: ignore[method-assign]
+        created_b = _write(tree, b"b", b"B" * 100)
+        ha, hb = _host(tree, b"a"), _host(tree, b"b")
+        with open(ha, "r+b") as fh:
+            fh.write(hb.read_bytes()[:HEADER_SIZE])
+        decodes = _decodes(monkeypatch)
+        assert tree.unlink((b"a",)) == created_b
+        assert decodes == [1]
+    finally:
+        store.close()
+
+
+def test_a_tampered_header_is_still_erased_and_named_with_time_zero(tmp_path, tier, monkeypatch) -> None:
+    store = Store(tmp_path / "store")
+    try:
+        tree = store.tree("s", tier, create=True)
+        _write(tree, b"t", b"T" * 100)
+        host = _host(tree, b"t")
+        ino = host.stat().st_ino
+        with open(host, "r+b") as fh:  # the file id too: nothing remembered matches
+            fh.seek(FILE_ID_AT)
+            fh.write(bytes(FILE_ID_END - FILE_ID_AT))
+            fh.seek(200)
+            fh.write(b"\xff" * 8)
+        held = _held_trash(store, monkeypatch)
+        assert tree.unlink((b"t",)) == 0.0
+        (trashed,) = held
+        assert trashed.stat().st_ino == ino
+        assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE)
+    finally:
+        store.close()
+
+
+def test_the_audit_names_an_unlinked_memory_as_its_read_did(ops) -> None:
+    """Through the FUSE operations: create, read, unlink; both lines carry one memory id."""
+    sess = run_op(ops.mkdir(TIER_INODES[MemoryTier.PERSISTENT], b"s", 0o755, OpContext())).st_ino
+    fi, entry = run_op(ops.create(sess, b"m", 0o100600, os.O_WRONLY, OpContext()))
+    run_op(ops.write(fi.fh, 0, b"m" * 4096))
+    run_op(ops.release(fi.fh))
+    fh = run_op(ops.open(entry.st_ino, os.O_RDONLY, OpContext())).fh
+    run_op(ops.release(fh))
+    run_op(ops.unlink(sess, b"m", OpContext()))
+    reads = [e["details"]["memory_id"] for e in ops.store.audit.entries() if e["event"] == "memory_read"]
+    assert reads and _deletes(ops.store) == reads
+
+
+def test_destroy_header_leaves_zeros_and_the_rest(tmp_path) -> None:
+    p = tmp_path / "f"
+    data = os.urandom(HEADER_SIZE + 5000)
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDWR)
+    try:
+        destroy_header(fd)
+    finally:
+        os.close(fd)
+    raw = p.read_bytes()
+    assert raw[:HEADER_SIZE] == bytes(HEADER_SIZE) and raw[HEADER_SIZE:] == data[HEADER_SIZE:]
