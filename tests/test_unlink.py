@@ -1,13 +1,14 @@
 """UNLINK: the header is destroyed at once, and the audit names the memory by its creation time.
 
-A memory closed in this tree not long ago is named from what its close remembered, without
-authenticating its header again (docs/PERFORMANCE.md, twenty-second round); anything else,
-or a header that is no longer the one remembered, is authenticated as before.
+A memory closed by this store and not changed since is named from what its close remembered,
+and its header is not even read (docs/PERFORMANCE.md, twenty-second round); anything else is
+read and authenticated as before.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -63,29 +64,52 @@ def _held_trash(store: Store, monkeypatch) -> list[Path]:
     return held
 
 
-def test_closed_memories_answer_only_for_the_same_file_id() -> None:
+def _stat(ino: int, ctime: int, dev: int = 1) -> SimpleNamespace:
+    return SimpleNamespace(st_ino=ino, st_ctime_ns=ctime, st_dev=dev)
+
+
+def test_closed_memories_answer_only_for_an_unchanged_file() -> None:
     closed = ClosedMemories(limit=3)
-    closed.remember(7, b"a" * 16, 100.5)
-    assert closed.created(7, b"b" * 16) is None, "another memory on the same inode was believed"
-    assert closed.created(7, b"a" * 16) is None, "a stale entry survived its first use"
-    closed.remember(7, b"a" * 16, 100.5)
-    assert closed.created(7, b"a" * 16) == 100.5
-    assert closed.created(7, b"a" * 16) is None, "an entry answered twice"
+    closed.remember(_stat(7, 100), b"a" * 16, 100.5)
+    assert closed.pop(_stat(7, 101)) is None, "a file changed since its close was believed"
+    assert closed.pop(_stat(7, 100)) is None, "a stale entry survived its first use"
+    closed.remember(_stat(7, 100), b"a" * 16, 100.5)
+    assert closed.pop(_stat(7, 100, dev=2)) is None, "another filesystem's inode was believed"
+    closed.remember(_stat(7, 100), b"a" * 16, 100.5)
+    assert closed.pop(_stat(7, 100)) == (b"a" * 16, 100.5)
+    assert closed.pop(_stat(7, 100)) is None, "an entry answered twice"
 
 
 def test_closed_memories_forget_the_oldest_beyond_the_limit() -> None:
     closed = ClosedMemories(limit=3)
     for ino in range(4):
-        closed.remember(ino, bytes([ino]) * 16, float(ino))
-    assert closed.created(0, bytes([0]) * 16) is None
-    assert [closed.created(ino, bytes([ino]) * 16) for ino in (1, 2, 3)] == [1.0, 2.0, 3.0]
-    closed.remember(1, b"\1" * 16, 1.0)
-    closed.remember(2, b"\2" * 16, 2.0)
-    closed.remember(1, b"\1" * 16, 1.5)  # remembered again: now the newest
-    closed.remember(3, b"\3" * 16, 3.0)
-    closed.remember(4, b"\4" * 16, 4.0)
-    assert closed.created(2, b"\2" * 16) is None
-    assert closed.created(1, b"\1" * 16) == 1.5
+        closed.remember(_stat(ino, ino), bytes([ino]) * 16, float(ino))
+    assert closed.pop(_stat(0, 0)) is None
+    assert [closed.pop(_stat(ino, ino)) for ino in (1, 2, 3)] == [(bytes([i]) * 16, float(i)) for i in (1, 2, 3)]
+    closed.remember(_stat(1, 1), b"\1" * 16, 1.0)
+    closed.remember(_stat(2, 2), b"\2" * 16, 2.0)
+    closed.remember(_stat(1, 1), b"\1" * 16, 1.5)  # remembered again: now the newest
+    closed.remember(_stat(3, 3), b"\3" * 16, 3.0)
+    closed.remember(_stat(4, 4), b"\4" * 16, 4.0)
+    assert closed.pop(_stat(2, 2)) is None
+    assert closed.pop(_stat(1, 1)) == (b"\1" * 16, 1.5)
+    assert len(ClosedMemories(limit=0)) == 0
+    nothing = ClosedMemories(limit=0)
+    nothing.remember(_stat(1, 1), b"\1" * 16, 1.0)
+    assert len(nothing) == 0
+
+
+def _header_reads(tree, monkeypatch) -> list[int]:
+    """Count the reads of a header an unlink makes."""
+    calls: list[int] = []
+    real = tree._forget_header
+
+    def counting(fd):
+        calls.append(fd)
+        return real(fd)
+
+    monkeypatch.setattr(tree, "_forget_header", counting)
+    return calls
 
 
 def test_unlink_after_close_names_the_memory_without_authenticating_again(tmp_path, tier, monkeypatch) -> None:
@@ -96,9 +120,10 @@ def test_unlink_after_close_names_the_memory_without_authenticating_again(tmp_pa
         host = _host(tree, b"ckpt")
         ino = host.stat().st_ino
         decodes = _decodes(monkeypatch)
+        reads = _header_reads(tree, monkeypatch)
         held = _held_trash(store, monkeypatch)
         assert tree.unlink((b"ckpt",)) == created
-        assert decodes == [], "the header was authenticated again"
+        assert decodes == [] and reads == [], "the header was read again"
         assert not host.exists()
         (trashed,) = held
         assert trashed.stat().st_ino == ino
@@ -123,7 +148,7 @@ def test_unlink_of_a_memory_not_closed_here_authenticates_its_header(tmp_path, t
 
 
 def test_a_header_swapped_in_after_the_close_is_authenticated(tmp_path, tier, monkeypatch) -> None:
-    """Another memory's header copied over the remembered one: its own time, as before, never the remembered one."""
+    """Another memory's header copied over this one's: that memory's time, never the remembered one."""
     store = Store(tmp_path / "store")
     try:
         tree = store.tree("s", tier, create=True)
@@ -185,3 +210,48 @@ def test_destroy_header_leaves_zeros_and_the_rest(tmp_path) -> None:
         os.close(fd)
     raw = p.read_bytes()
     assert raw[:HEADER_SIZE] == bytes(HEADER_SIZE) and raw[HEADER_SIZE:] == data[HEADER_SIZE:]
+
+
+@pytest.mark.parametrize("change", ["chmod", "utime", "rename"])
+def test_a_file_changed_after_its_close_has_its_header_read(tmp_path, tier, monkeypatch, change) -> None:
+    store = Store(tmp_path / "store")
+    try:
+        tree = store.tree("s", tier, create=True)
+        created = _write(tree, b"m", b"m" * 100)
+        host = _host(tree, b"m")
+        if change == "chmod":
+            os.chmod(host, 0o640)
+        elif change == "utime":
+            os.utime(host, ns=(1, 1))
+        else:
+            tree.rename((b"m",), (b"n",))
+        name = b"n" if change == "rename" else b"m"
+        reads = _header_reads(tree, monkeypatch)
+        assert tree.unlink((name,)) == created
+        assert len(reads) == 1
+    finally:
+        store.close()
+
+
+def test_an_expiring_memory_unlinked_without_a_header_read_leaves_the_ttl_index(tmp_path, monkeypatch) -> None:
+    store = Store(tmp_path / "store")
+    try:
+        tree = store.tree("s", MemoryTier.EPHEMERAL, create=True)
+        h = tree.create((b"e",), 0o600, ttl=3600)
+        h.write(0, b"e" * 100)
+        file_id = h.of.file_id
+        h.release()
+        assert file_id in store.ttl.by_id
+        reads = _header_reads(tree, monkeypatch)
+        tree.unlink((b"e",))
+        assert reads == [] and file_id not in store.ttl.by_id
+    finally:
+        store.close()
+
+
+def test_the_emergency_wipe_forgets_closed_memories(tmp_path) -> None:
+    store = Store(tmp_path / "store")
+    _write(store.tree("s", MemoryTier.PERSISTENT, create=True), b"m", b"m" * 100)
+    assert len(store.closed_memories) == 1
+    store.emergency_wipe()
+    assert len(store.closed_memories) == 0
