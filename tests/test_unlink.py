@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -64,6 +65,15 @@ def _held_trash(store: Store, monkeypatch) -> list[Path]:
     return held
 
 
+@pytest.fixture
+def store(tmp_path) -> Iterator[Store]:
+    s = Store(tmp_path / "store")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
 def _stat(ino: int, ctime: int, dev: int = 1) -> SimpleNamespace:
     return SimpleNamespace(st_ino=ino, st_ctime_ns=ctime, st_dev=dev)
 
@@ -112,24 +122,20 @@ def _header_reads(tree, monkeypatch) -> list[int]:
     return calls
 
 
-def test_unlink_after_close_names_the_memory_without_authenticating_again(tmp_path, tier, monkeypatch) -> None:
-    store = Store(tmp_path / "store")
-    try:
-        tree = store.tree("s", tier, create=True)
-        created = _write(tree, b"ckpt", os.urandom(10_000))
-        host = _host(tree, b"ckpt")
-        ino = host.stat().st_ino
-        decodes = _decodes(monkeypatch)
-        reads = _header_reads(tree, monkeypatch)
-        held = _held_trash(store, monkeypatch)
-        assert tree.unlink((b"ckpt",)) == created
-        assert decodes == [] and reads == [], "the header was read again"
-        assert not host.exists()
-        (trashed,) = held
-        assert trashed.stat().st_ino == ino
-        assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE), "header not destroyed"
-    finally:
-        store.close()
+def test_unlink_after_close_names_the_memory_without_authenticating_again(store, tier, monkeypatch) -> None:
+    tree = store.tree("s", tier, create=True)
+    created = _write(tree, b"ckpt", os.urandom(10_000))
+    host = _host(tree, b"ckpt")
+    ino = host.stat().st_ino
+    decodes = _decodes(monkeypatch)
+    reads = _header_reads(tree, monkeypatch)
+    held = _held_trash(store, monkeypatch)
+    assert tree.unlink((b"ckpt",)) == created
+    assert decodes == [] and reads == [], "the header was read again"
+    assert not host.exists()
+    (trashed,) = held
+    assert trashed.stat().st_ino == ino
+    assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE), "header not destroyed"
 
 
 def test_unlink_of_a_memory_not_closed_here_authenticates_its_header(tmp_path, tier, monkeypatch) -> None:
@@ -147,43 +153,35 @@ def test_unlink_of_a_memory_not_closed_here_authenticates_its_header(tmp_path, t
         store.close()
 
 
-def test_a_header_swapped_in_after_the_close_is_authenticated(tmp_path, tier, monkeypatch) -> None:
+def test_a_header_swapped_in_after_the_close_is_authenticated(store, tier, monkeypatch) -> None:
     """Another memory's header copied over this one's: that memory's time, never the remembered one."""
-    store = Store(tmp_path / "store")
-    try:
-        tree = store.tree("s", tier, create=True)
-        _write(tree, b"a", b"A" * 100)
-        store.clock.now = lambda: 2_000_000_000.0  # type: ignore[method-assign]
-        created_b = _write(tree, b"b", b"B" * 100)
-        ha, hb = _host(tree, b"a"), _host(tree, b"b")
-        with open(ha, "r+b") as fh:
-            fh.write(hb.read_bytes()[:HEADER_SIZE])
-        decodes = _decodes(monkeypatch)
-        assert tree.unlink((b"a",)) == created_b
-        assert decodes == [1]
-    finally:
-        store.close()
+    tree = store.tree("s", tier, create=True)
+    _write(tree, b"a", b"A" * 100)
+    store.clock.now = lambda: 2_000_000_000.0  # type: ignore[method-assign]
+    created_b = _write(tree, b"b", b"B" * 100)
+    ha, hb = _host(tree, b"a"), _host(tree, b"b")
+    with open(ha, "r+b") as fh:
+        fh.write(hb.read_bytes()[:HEADER_SIZE])
+    decodes = _decodes(monkeypatch)
+    assert tree.unlink((b"a",)) == created_b
+    assert decodes == [1]
 
 
-def test_a_tampered_header_is_still_erased_and_named_with_time_zero(tmp_path, tier, monkeypatch) -> None:
-    store = Store(tmp_path / "store")
-    try:
-        tree = store.tree("s", tier, create=True)
-        _write(tree, b"t", b"T" * 100)
-        host = _host(tree, b"t")
-        ino = host.stat().st_ino
-        with open(host, "r+b") as fh:  # the file id too: nothing remembered matches
-            fh.seek(FILE_ID_AT)
-            fh.write(bytes(FILE_ID_END - FILE_ID_AT))
-            fh.seek(200)
-            fh.write(b"\xff" * 8)
-        held = _held_trash(store, monkeypatch)
-        assert tree.unlink((b"t",)) == 0.0
-        (trashed,) = held
-        assert trashed.stat().st_ino == ino
-        assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE)
-    finally:
-        store.close()
+def test_a_tampered_header_is_still_erased_and_named_with_time_zero(store, tier, monkeypatch) -> None:
+    tree = store.tree("s", tier, create=True)
+    _write(tree, b"t", b"T" * 100)
+    host = _host(tree, b"t")
+    ino = host.stat().st_ino
+    with open(host, "r+b") as fh:  # the file id too: nothing remembered matches
+        fh.seek(FILE_ID_AT)
+        fh.write(bytes(FILE_ID_END - FILE_ID_AT))
+        fh.seek(200)
+        fh.write(b"\xff" * 8)
+    held = _held_trash(store, monkeypatch)
+    assert tree.unlink((b"t",)) == 0.0
+    (trashed,) = held
+    assert trashed.stat().st_ino == ino
+    assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE)
 
 
 def test_the_audit_names_an_unlinked_memory_as_its_read_did(ops) -> None:
@@ -213,40 +211,32 @@ def test_destroy_header_leaves_zeros_and_the_rest(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("change", ["chmod", "utime", "rename"])
-def test_a_file_changed_after_its_close_has_its_header_read(tmp_path, tier, monkeypatch, change) -> None:
-    store = Store(tmp_path / "store")
-    try:
-        tree = store.tree("s", tier, create=True)
-        created = _write(tree, b"m", b"m" * 100)
-        host = _host(tree, b"m")
-        if change == "chmod":
-            os.chmod(host, 0o640)
-        elif change == "utime":
-            os.utime(host, ns=(1, 1))
-        else:
-            tree.rename((b"m",), (b"n",))
-        name = b"n" if change == "rename" else b"m"
-        reads = _header_reads(tree, monkeypatch)
-        assert tree.unlink((name,)) == created
-        assert len(reads) == 1
-    finally:
-        store.close()
+def test_a_file_changed_after_its_close_has_its_header_read(store, tier, monkeypatch, change) -> None:
+    tree = store.tree("s", tier, create=True)
+    created = _write(tree, b"m", b"m" * 100)
+    host = _host(tree, b"m")
+    if change == "chmod":
+        os.chmod(host, 0o640)
+    elif change == "utime":
+        os.utime(host, ns=(1, 1))
+    else:
+        tree.rename((b"m",), (b"n",))
+    name = b"n" if change == "rename" else b"m"
+    reads = _header_reads(tree, monkeypatch)
+    assert tree.unlink((name,)) == created
+    assert len(reads) == 1
 
 
-def test_an_expiring_memory_unlinked_without_a_header_read_leaves_the_ttl_index(tmp_path, monkeypatch) -> None:
-    store = Store(tmp_path / "store")
-    try:
-        tree = store.tree("s", MemoryTier.EPHEMERAL, create=True)
-        h = tree.create((b"e",), 0o600, ttl=3600)
-        h.write(0, b"e" * 100)
-        file_id = h.of.file_id
-        h.release()
-        assert file_id in store.ttl.by_id
-        reads = _header_reads(tree, monkeypatch)
-        tree.unlink((b"e",))
-        assert reads == [] and file_id not in store.ttl.by_id
-    finally:
-        store.close()
+def test_an_expiring_memory_unlinked_without_a_header_read_leaves_the_ttl_index(store, monkeypatch) -> None:
+    tree = store.tree("s", MemoryTier.EPHEMERAL, create=True)
+    h = tree.create((b"e",), 0o600, ttl=3600)
+    h.write(0, b"e" * 100)
+    file_id = h.of.file_id
+    h.release()
+    assert file_id in store.ttl.by_id
+    reads = _header_reads(tree, monkeypatch)
+    tree.unlink((b"e",))
+    assert reads == [] and file_id not in store.ttl.by_id
 
 
 def test_the_emergency_wipe_forgets_closed_memories(tmp_path) -> None:
