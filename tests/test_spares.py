@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tailsfs.format.tag import TAG_XATTR
 from tailsfs.store.erase import Eraser
 from tailsfs.store.spares import Spares
 
@@ -133,3 +134,15 @@ def test_a_mount_builds_new_memories_on_erased_inodes(mount) -> None:
     m.remount()
     for name, data in payloads.items():
         assert (d / name).read_bytes() == data
+
+
+def test_an_offered_file_loses_its_memory_tag(tmp_path: Path, spare_dir: Path) -> None:
+    old = _file(tmp_path / "erased", b"x")
+    os.setxattr(old, TAG_XATTR, b"an old memory's tag")
+    spares = Spares(spare_dir)
+    assert spares.offer(old)
+    fd, path = spares.take()
+    try:
+        assert TAG_XATTR not in os.listxattr(fd)
+    finally:
+        os.close(fd)

@@ -1,22 +1,22 @@
 """UNLINK: the header is destroyed at once, and the audit names the memory by its creation time.
 
-A memory closed by this store and not changed since is named from what its close remembered,
-and its header is not even read (docs/PERFORMANCE.md, twenty-second round); anything else is
-read and authenticated as before.
+A memory's tag (an extended attribute of its host file, format/tag.py) gives its file id and
+creation time, so the unlink does not read the header at all (docs/PERFORMANCE.md, twenty-second
+round); a file without a tag that authenticates here has its header read and authenticated as before.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Iterator
-from types import SimpleNamespace
 
 import pytest
 
 from conftest import OpContext, run_op
 from tailsfs.format.header import FILE_ID_AT, FILE_ID_END, HEADER_SIZE, Header
 from tailsfs.fuse.inodes import TIER_INODES
-from tailsfs.store.disktree import ClosedMemories
+from tailsfs.crypto.aead import Sealer
+from tailsfs.format.tag import TAG_XATTR, open_tag, seal_tag
 from tailsfs.store.engine import Store
 from tailsfs.store.erase import destroy_header
 from tailsfs.store.tiers import MemoryTier
@@ -74,39 +74,17 @@ def store(tmp_path) -> Iterator[Store]:
         s.close()
 
 
-def _stat(ino: int, ctime: int, dev: int = 1) -> SimpleNamespace:
-    return SimpleNamespace(st_ino=ino, st_ctime_ns=ctime, st_dev=dev)
-
-
-def test_closed_memories_answer_only_for_an_unchanged_file() -> None:
-    closed = ClosedMemories(limit=3)
-    closed.remember(_stat(7, 100), b"a" * 16, 100.5)
-    assert closed.pop(_stat(7, 101)) is None, "a file changed since its close was believed"
-    assert closed.pop(_stat(7, 100)) is None, "a stale entry survived its first use"
-    closed.remember(_stat(7, 100), b"a" * 16, 100.5)
-    assert closed.pop(_stat(7, 100, dev=2)) is None, "another filesystem's inode was believed"
-    closed.remember(_stat(7, 100), b"a" * 16, 100.5)
-    assert closed.pop(_stat(7, 100)) == (b"a" * 16, 100.5)
-    assert closed.pop(_stat(7, 100)) is None, "an entry answered twice"
-
-
-def test_closed_memories_forget_the_oldest_beyond_the_limit() -> None:
-    closed = ClosedMemories(limit=3)
-    for ino in range(4):
-        closed.remember(_stat(ino, ino), bytes([ino]) * 16, float(ino))
-    assert closed.pop(_stat(0, 0)) is None
-    assert [closed.pop(_stat(ino, ino)) for ino in (1, 2, 3)] == [(bytes([i]) * 16, float(i)) for i in (1, 2, 3)]
-    closed.remember(_stat(1, 1), b"\1" * 16, 1.0)
-    closed.remember(_stat(2, 2), b"\2" * 16, 2.0)
-    closed.remember(_stat(1, 1), b"\1" * 16, 1.5)  # remembered again: now the newest
-    closed.remember(_stat(3, 3), b"\3" * 16, 3.0)
-    closed.remember(_stat(4, 4), b"\4" * 16, 4.0)
-    assert closed.pop(_stat(2, 2)) is None
-    assert closed.pop(_stat(1, 1)) == (b"\1" * 16, 1.5)
-    assert len(ClosedMemories(limit=0)) == 0
-    nothing = ClosedMemories(limit=0)
-    nothing.remember(_stat(1, 1), b"\1" * 16, 1.0)
-    assert len(nothing) == 0
+def test_a_tag_opens_only_under_its_key_and_tier() -> None:
+    sealer = Sealer(os.urandom(32))
+    value = seal_tag(sealer, 2, b"i" * 16, 1234.5)
+    assert len(value) == 52
+    assert open_tag(sealer, 2, value) == (b"i" * 16, 1234.5)
+    assert open_tag(sealer, 3, value) is None
+    assert open_tag(Sealer(os.urandom(32)), 2, value) is None
+    assert open_tag(sealer, 2, value[:-1]) is None
+    edited = bytearray(value)
+    edited[20] ^= 1
+    assert open_tag(sealer, 2, bytes(edited)) is None
 
 
 def _header_reads(tree, monkeypatch) -> list[int]:
@@ -138,33 +116,78 @@ def test_unlink_after_close_names_the_memory_without_authenticating_again(store,
     assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE), "header not destroyed"
 
 
-def test_unlink_of_a_memory_not_closed_here_authenticates_its_header(tmp_path, tier, monkeypatch) -> None:
+def test_after_a_remount_the_tag_still_spares_the_header(tmp_path, tier, monkeypatch) -> None:
     base = tmp_path / "store"
     store = Store(base)
     created = _write(store.tree("s", tier, create=True), b"old", b"x" * 100)
     store.close()
-    store = Store(base)  # a new mount: nothing remembered
+    store = Store(base)  # a new mount: nothing in memory
     try:
         tree = store.tree("s", tier)
         decodes = _decodes(monkeypatch)
+        reads = _header_reads(tree, monkeypatch)
         assert tree.unlink((b"old",)) == created
-        assert decodes == [1]
+        assert decodes == [] and reads == []
     finally:
         store.close()
 
 
-def test_a_header_swapped_in_after_the_close_is_authenticated(store, tier, monkeypatch) -> None:
-    """Another memory's header copied over this one's: that memory's time, never the remembered one."""
+@pytest.mark.parametrize("tag", ["removed", "edited", "another session's", "another tier's"])
+def test_without_a_tag_that_authenticates_the_header_is_read(store, tier, monkeypatch, tag) -> None:
     tree = store.tree("s", tier, create=True)
-    _write(tree, b"a", b"A" * 100)
+    created = _write(tree, b"m", b"m" * 100)
+    host = _host(tree, b"m")
+    if tag == "removed":
+        os.removexattr(host, TAG_XATTR)
+    elif tag == "edited":
+        value = bytearray(os.getxattr(host, TAG_XATTR))
+        value[30] ^= 1
+        os.setxattr(host, TAG_XATTR, bytes(value))
+    else:
+        other_tier = tier if tag == "another session's" else next(t for t in DISK_TIERS if t is not tier)
+        other = store.tree("other" if tag == "another session's" else "s", other_tier, create=True)
+        _write(other, b"o", b"o" * 100)
+        os.setxattr(host, TAG_XATTR, os.getxattr(_host(other, b"o"), TAG_XATTR))
+    decodes = _decodes(monkeypatch)
+    assert tree.unlink((b"m",)) == created
+    assert decodes == [1]
+
+
+def test_a_create_that_cannot_tag_leaves_no_old_tag(store, tier, monkeypatch) -> None:
+    """On a spare that kept a tag (it should not), a failed tag write must not let the old one name the new memory."""
+    tree = store.tree("s", tier, create=True)
+    _write(tree, b"first", b"f" * 10)
+    spare = store.spares.dir / "0123abcd"
+    spare.write_bytes(b"")
+    os.setxattr(spare, TAG_XATTR, os.getxattr(_host(tree, b"first"), TAG_XATTR))
+    store.spares._names.appendleft(spare.name)
+
+    def no_room(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "setxattr", no_room)
+    ino = spare.stat().st_ino
+    created = _write(tree, b"new", b"n" * 10)
+    assert _host(tree, b"new").stat().st_ino == ino, "the create did not take the spare"
+    monkeypatch.undo()
+    decodes = _decodes(monkeypatch)
+    assert tree.unlink((b"new",)) == created
+    assert decodes == [1], "the spare's old tag named the new memory"
+
+
+def test_a_header_swapped_in_is_destroyed_and_the_file_named_by_its_tag(store, tier, monkeypatch) -> None:
+    """Another memory's header copied over this one's: erased all the same; the audit names the file's own memory."""
+    tree = store.tree("s", tier, create=True)
+    created_a = _write(tree, b"a", b"A" * 100)
     store.clock.now = lambda: 2_000_000_000.0  # type: ignore[method-assign]
-    created_b = _write(tree, b"b", b"B" * 100)
+    _write(tree, b"b", b"B" * 100)
     ha, hb = _host(tree, b"a"), _host(tree, b"b")
     with open(ha, "r+b") as fh:
         fh.write(hb.read_bytes()[:HEADER_SIZE])
-    decodes = _decodes(monkeypatch)
-    assert tree.unlink((b"a",)) == created_b
-    assert decodes == [1]
+    held = _held_trash(store, monkeypatch)
+    assert tree.unlink((b"a",)) == created_a
+    (trashed,) = held
+    assert trashed.read_bytes()[:HEADER_SIZE] == bytes(HEADER_SIZE)
 
 
 def test_a_tampered_header_is_still_erased_and_named_with_time_zero(store, tier, monkeypatch) -> None:
@@ -172,7 +195,8 @@ def test_a_tampered_header_is_still_erased_and_named_with_time_zero(store, tier,
     _write(tree, b"t", b"T" * 100)
     host = _host(tree, b"t")
     ino = host.stat().st_ino
-    with open(host, "r+b") as fh:  # the file id too: nothing remembered matches
+    os.removexattr(host, TAG_XATTR)  # the header is then the only source
+    with open(host, "r+b") as fh:
         fh.seek(FILE_ID_AT)
         fh.write(bytes(FILE_ID_END - FILE_ID_AT))
         fh.seek(200)
@@ -210,23 +234,6 @@ def test_destroy_header_leaves_zeros_and_the_rest(tmp_path) -> None:
     assert raw[:HEADER_SIZE] == bytes(HEADER_SIZE) and raw[HEADER_SIZE:] == data[HEADER_SIZE:]
 
 
-@pytest.mark.parametrize("change", ["chmod", "utime", "rename"])
-def test_a_file_changed_after_its_close_has_its_header_read(store, tier, monkeypatch, change) -> None:
-    tree = store.tree("s", tier, create=True)
-    created = _write(tree, b"m", b"m" * 100)
-    host = _host(tree, b"m")
-    if change == "chmod":
-        os.chmod(host, 0o640)
-    elif change == "utime":
-        os.utime(host, ns=(1, 1))
-    else:
-        tree.rename((b"m",), (b"n",))
-    name = b"n" if change == "rename" else b"m"
-    reads = _header_reads(tree, monkeypatch)
-    assert tree.unlink((name,)) == created
-    assert len(reads) == 1
-
-
 def test_an_expiring_memory_unlinked_without_a_header_read_leaves_the_ttl_index(store, monkeypatch) -> None:
     tree = store.tree("s", MemoryTier.EPHEMERAL, create=True)
     h = tree.create((b"e",), 0o600, ttl=3600)
@@ -237,11 +244,3 @@ def test_an_expiring_memory_unlinked_without_a_header_read_leaves_the_ttl_index(
     reads = _header_reads(tree, monkeypatch)
     tree.unlink((b"e",))
     assert reads == [] and file_id not in store.ttl.by_id
-
-
-def test_the_emergency_wipe_forgets_closed_memories(tmp_path) -> None:
-    store = Store(tmp_path / "store")
-    _write(store.tree("s", MemoryTier.PERSISTENT, create=True), b"m", b"m" * 100)
-    assert len(store.closed_memories) == 1
-    store.emergency_wipe()
-    assert len(store.closed_memories) == 0

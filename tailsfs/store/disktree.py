@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import stat as st
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,10 @@ from ..format.backing import FdBacking
 from ..format.header import CODEC_RAW, FILE_ID_AT, FILE_ID_END, HEADER_SIZE, Header
 from ..format.memfile import MAX_FILE_SIZE, EncryptedFile, raw_size_from_host
 from ..format.meta import KIND_BYTES, Meta
+from ..format.tag import TAG_XATTR, open_tag, seal_tag
 from .erase import destroy_header
 from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, oserror
+from .spares import remove_tag
 from .tiers import MemoryTier
 
 if TYPE_CHECKING:
@@ -46,52 +47,6 @@ class DirInfo:
     dir_id: bytes
     default_ttl: float | None = None
     xattrs: dict[bytes, bytes] = field(default_factory=dict)
-
-
-class ClosedMemories:
-    """What an unlink needs of a memory closed lately, by host inode: its file id and creation time.
-
-    An unlink names the memory in the audit by its creation time, which only
-    the header's sealed metadata holds, and drops its TTL entry by its file
-    id. For a memory this store closed and nothing changed since (a
-    checkpoint rotated away, a tree extracted then removed) both are known,
-    and the header is not read: on a cold cache that read is a disk wait
-    (about 0.4 ms a file here), and its authentication costs more than the
-    rest of the unlink. The host inode's change time, which any write,
-    rename, link, chmod or time change moves, tells whether it is still the
-    file that was closed; a stale or reused entry never matches it.
-    Bounded (about 20 MB at the limit); the oldest entries go first.
-    """
-
-    LIMIT = 131_072
-    _VALUE = struct.Struct("=qQ16sd")  # ctime ns, device, file id, creation time: one small bytes per entry
-
-    def __init__(self, limit: int = LIMIT) -> None:
-        self.limit = limit
-        self._by_ino: dict[int, bytes] = {}
-
-    def remember(self, s: os.stat_result, file_id: bytes, created: float) -> None:
-        """``s``: the host file's stat after the close's last change."""
-        self._by_ino.pop(s.st_ino, None)
-        if self.limit <= 0:
-            return
-        if len(self._by_ino) >= self.limit:
-            del self._by_ino[next(iter(self._by_ino))]
-        self._by_ino[s.st_ino] = self._VALUE.pack(s.st_ctime_ns, s.st_dev, file_id, created)
-
-    def pop(self, s: os.stat_result) -> tuple[bytes, float] | None:
-        """(file id, creation time) if the file ``s`` describes is unchanged since its close; forgets it."""
-        known = self._by_ino.pop(s.st_ino, None)
-        if known is None:
-            return None
-        ctime, dev, file_id, created = self._VALUE.unpack(known)
-        return (file_id, created) if (ctime, dev) == (s.st_ctime_ns, s.st_dev) else None
-
-    def clear(self) -> None:
-        self._by_ino.clear()
-
-    def __len__(self) -> int:
-        return len(self._by_ino)
 
 
 class OpenFile:
@@ -414,6 +369,24 @@ class DiskTree:
         """The format layer's view of a host file, reading as the store is configured to."""
         return FdBacking(fd, self.store.config.read_spin)
 
+    def _new_memory(self, fd: int, meta: Meta) -> EncryptedFile:
+        """A new memory's header on an empty host file, and its tag (format/tag.py) for the unlink."""
+        ef = EncryptedFile.create(self._backing(fd), self._wrap, self.tier.code, self.tier.codec,
+                                  self.tier.chunk_size, meta, "a memory")
+        try:
+            os.setxattr(fd, TAG_XATTR, seal_tag(self._dirmeta, self.tier.code, ef.header.file_id, meta.created))
+        except OSError as exc:  # no user xattrs on this host filesystem, or no room: unlinks read the header
+            log.debug("memory tag not set (%s)", errno.errorcode.get(exc.errno or 0, "no errno"))
+            remove_tag(fd)  # a spare's old tag must not name the new memory
+        return ef
+
+    def _read_tag(self, fd: int) -> tuple[bytes, float] | None:
+        try:
+            value = os.getxattr(fd, TAG_XATTR)
+        except OSError:
+            return None
+        return open_tag(self._dirmeta, self.tier.code, value)
+
     def _what(self, path: Path_) -> str:
         """How integrity errors name a memory: its session, key and tier."""
         key = "/".join(p.decode("utf-8", "backslashreplace") for p in path)
@@ -593,8 +566,7 @@ class DiskTree:
             ttl = ttl if ttl is not None else self.default_ttl(path[:-1])
             now = self.store.clock.now()
             meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-            ef = EncryptedFile.create(self._backing(fd), self._wrap, self.tier.code, self.tier.codec,
-                                      self.tier.chunk_size, meta, "a memory")
+            ef = self._new_memory(fd, meta)
             if meta.expires_at is not None:
                 self.store.ttl.set(ef.header.file_id.hex(), self.relpath(host), meta.expires_at)
             try:
@@ -713,17 +685,8 @@ class DiskTree:
             del self._open[of.ino]
             if of.trash is not None:
                 self._crypto_erase_open(of)
-            else:
-                self._remember_closed(of)
             of.ef.close()
         return written
-
-    def _remember_closed(self, of: OpenFile) -> None:
-        try:
-            s = os.fstat(of.ef.backing.fd)  # type: ignore[attr-defined]
-        except OSError:
-            return
-        self.store.closed_memories.remember(s, of.ef.header.file_id, of.ef.meta.created)
 
     def note_read(self, handle: DiskHandle) -> int:
         """Count one read access; persisted with the next header write."""
@@ -752,8 +715,7 @@ class DiskTree:
         try:
             now = self.store.clock.now()
             meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-            ef = EncryptedFile.create(self._backing(fd), self._wrap, self.tier.code, self.tier.codec,
-                                      self.tier.chunk_size, meta, "a memory")
+            ef = self._new_memory(fd, meta)
             ef.write(0, data)
             ef.fsync()
             self._put_in_place(tmp, path, split, ef.header.file_id.hex(), meta.expires_at)
@@ -817,7 +779,8 @@ class DiskTree:
         """Crypto-erase a regular file or symlink now only in the trash, unless still open.
 
         Returns the memory's creation time (0.0 when unknown), which the audit
-        names it by: read from the header in the same open that destroys it.
+        names it by: from its tag (format/tag.py), which spares reading the header,
+        else from the header, read in the same open that destroys it.
         """
         created = 0.0
         if st.S_ISREG(s.st_mode):
@@ -828,7 +791,7 @@ class DiskTree:
                 return of.ef.meta.created
             fd = os.open(trash, os.O_RDWR | os.O_NOFOLLOW)
             try:
-                known = self.store.closed_memories.pop(s)
+                known = self._read_tag(fd)
                 if known is not None:
                     self.store.ttl.remove(known[0].hex())
                     created = known[1]
@@ -1128,7 +1091,7 @@ def create_aside(tree: "DiskTree", path: Path_, ttl: float | None, kind: int) ->
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     now = tree.store.clock.now()
     meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
-    ef = EncryptedFile.create(tree._backing(fd), tree._wrap, tree.tier.code, tree.tier.codec, tree.tier.chunk_size, meta, "a memory")
+    ef = tree._new_memory(fd, meta)
     of = OpenFile(tree, ef, os.fstat(fd).st_ino, path)
     tree._open[of.ino] = of
     return DiskHandle(of, True), tmp

@@ -35,7 +35,7 @@ from ..errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsErr
                       UnknownSessionError)
 from .audit import AuditLog
 from .clock import MonotonicWallClock
-from .disktree import ClosedMemories, DiskTree, _fsync_dir
+from .disktree import DiskTree, _fsync_dir
 from .erase import Eraser, overwrite, overwrite_tree
 from .nodes import NAME_MAX
 from .ramtree import RamTree
@@ -186,7 +186,6 @@ class Store:
         self.audit = self._open_audit()
         self.ttl = TtlIndex(self.base / "ttl", self._ttl_sealer)
         self.spares = Spares(self.base / "spare")
-        self.closed_memories = ClosedMemories()  # closed lately: an unlink of one reads no header
         self.eraser = Eraser(self.base / "trash", self.config.overwrite_passes, keep=self.spares.offer)
         self.volatile_used = 0
         self._space_budget = 0
@@ -492,7 +491,6 @@ class Store:
         for t in self._trees.values():
             t.close()
         self._trees.clear()
-        self.closed_memories.clear()
         for s in self.sessions.values():
             s.key.destroy()
         self.sessions.clear()

@@ -18,7 +18,17 @@ import os
 import stat as st
 from pathlib import Path
 
+from ..format.tag import TAG_XATTR
+
 DEFAULT_LIMIT = 10_000  # spare inodes kept at most; erased files beyond it are removed
+
+
+def remove_tag(fd: int) -> None:
+    """Drop a host file's memory tag (format/tag.py), if it has one: a spare must not name its old memory."""
+    try:
+        os.removexattr(fd, TAG_XATTR)
+    except OSError:
+        pass
 
 
 class Spares:
@@ -42,6 +52,7 @@ class Spares:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
         try:
             os.ftruncate(fd, 0)
+            remove_tag(fd)
         finally:
             os.close(fd)
         name = os.urandom(12).hex()
