@@ -27,8 +27,8 @@ def destroy_header(fd: int, sync: bool = True) -> None:
     """Overwrite a memory's header, the only copy of its data key.
 
     With zeros: the key is gone either way, and 4 KiB from the kernel's random
-    generator cost more than the rest of the write on every unlink. The passes
-    that follow write random bytes.
+    generator cost more than the rest of the write on every unlink. Overwrite
+    passes, when configured, write random bytes over the whole file later.
     """
     os.pwrite(fd, _ZERO_HEADER, 0)
     if sync:
