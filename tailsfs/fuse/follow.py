@@ -29,11 +29,11 @@ large reads and writes that is the wrong trade (a checkpoint's writer fills
 the next MiB while the daemon encrypts the last), so replies to them, and
 to everything within :data:`BULK_HOLD` of one (the ``getxattr`` the kernel
 sends before every ``write``), go out as before and let go of the client's
-vCPU. Work
-the daemon used to do on the other vCPU while the client computed (a
-``RELEASE``, which the client does not wait for, while it checksums the file
-it read) now waits for the client's next blocking request (docs/PERFORMANCE.md,
-twenty-first round, measures what that costs and what it gains).
+vCPU. Work the daemon used to do on the other vCPU while the client computed
+(a ``RELEASE``, which the client does not wait for, while it checksums the
+file it read) now waits for the client's next blocking request
+(docs/PERFORMANCE.md, twenty-first round, measures what that costs and what
+it gains).
 
 The hazard is starvation: a ``SCHED_IDLE`` thread runs only when its CPU has
 nothing else to run (beside a busy loop it waited up to 1.36 s for a turn here). So the
