@@ -13,7 +13,8 @@ from tailsfs.crypto.aead import OVERHEAD, WRAPPED_KEY_SIZE, Sealer, unwrap_key, 
 from tailsfs.crypto.kdf import Argon2Params, argon2id, derive
 from tailsfs.crypto.keyfile import (Protection, describe, open_master, protection_kind, seal_master,
                                     user_key_bytes)
-from tailsfs.crypto.names import NameCipher, b64d
+from tailsfs.crypto import names
+from tailsfs.crypto.names import MAX_ENCODED, NameCipher, b64d
 from tailsfs.crypto.secret import SecretKey
 from tailsfs.errors import IntegrityError, KeyFileError, WeakParametersError, WrongKeyError
 
@@ -162,6 +163,65 @@ def test_names_deterministic_per_dir_and_different_across_dirs():
         cipher.decrypt(base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode(), d1)
     with pytest.raises(ValueError):
         NameCipher(os.urandom(32))
+
+
+class _CountingSiv:
+    """Stands in for a cipher's AES-SIV and counts the passes that reach it."""
+
+    def __init__(self, siv: object) -> None:
+        self.siv, self.calls = siv, 0
+
+    def encrypt(self, *args: object) -> bytes:
+        self.calls += 1
+        return self.siv.encrypt(*args)  # type: ignore[attr-defined]
+
+    def decrypt(self, *args: object) -> bytes:
+        self.calls += 1
+        return self.siv.decrypt(*args)  # type: ignore[attr-defined]
+
+
+def test_name_memo_answers_what_it_made_or_authenticated_and_nothing_else():
+    key, d1, d2 = os.urandom(64), os.urandom(16), os.urandom(16)
+    enc = NameCipher(key).encrypt(b"metrics.jsonl", d1)  # made by another cipher of the session
+    cipher = NameCipher(key)
+    siv = cipher._siv = _CountingSiv(cipher._siv)  # type: ignore[misc]
+    assert cipher.decrypt(enc, d1) == b"metrics.jsonl" and siv.calls == 1
+    assert cipher.decrypt(enc, d1) == b"metrics.jsonl" and siv.calls == 1  # remembered
+    assert cipher.encrypt(b"metrics.jsonl", d1) == enc and siv.calls == 1  # both ways
+    with pytest.raises(IntegrityError):
+        cipher.decrypt(enc, d2)  # the same encoding in another directory is still refused
+    raw = bytearray(b64d(enc))
+    raw[0] ^= 1
+    with pytest.raises(IntegrityError):
+        cipher.decrypt(base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode(), d1)
+    made = cipher.encrypt(b"new", d2)
+    calls = siv.calls
+    assert cipher.decrypt(made, d2) == b"new" and siv.calls == calls
+
+
+def test_name_memo_keeps_encrypt_canonical():
+    """An encoding with stray low bits decodes to the same bytes; encrypt must not learn it."""
+    key, d = os.urandom(64), os.urandom(16)
+    enc = NameCipher(key).encrypt(b"abc", d)  # 16 + 3 = 19 bytes: the last character has 4 unused bits
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    variant = enc[:-1] + alphabet[alphabet.index(enc[-1]) ^ 1]
+    assert variant != enc and b64d(variant) == b64d(enc)
+    cipher = NameCipher(key)
+    assert cipher.decrypt(variant, d) == b"abc"
+    assert cipher.encrypt(b"abc", d) == enc
+
+
+def test_name_memo_is_bounded_skips_long_names_and_forgets(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(names, "MEMO_PAIRS", 4)
+    cipher, d = NameCipher(os.urandom(64)), os.urandom(16)
+    for i in range(20):
+        cipher.encrypt(b"n%d" % i, d)
+        assert len(cipher._plain) <= 4 and len(cipher._encoded) <= 4
+    cipher.forget()
+    long = cipher.encrypt(b"x" * 200, d)
+    assert len(long) > MAX_ENCODED
+    assert cipher.decrypt(long, d) == b"x" * 200
+    assert not cipher._plain and not cipher._encoded
 
 
 def test_name_keys_differ_per_session():

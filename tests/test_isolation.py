@@ -410,6 +410,24 @@ def _check_erased(saved: dict[str, bytes], left: dict[str, bytes], ring: KeyRing
             f"{rel} (copy from before the erase): a remaining key decrypts its data"
 
 
+def test_clearing_or_wiping_drops_the_names_the_store_remembered(tmp_path: Path) -> None:
+    """A session's trees remember names they encrypted (crypto/names.py); an erase drops them."""
+    store = Store(tmp_path / "store")
+    try:
+        trees = {}
+        for name in ("alpha", "beta"):
+            trees[name] = store.tree(name, MemoryTier.PERSISTENT, create=True)
+            trees[name].write_all((b"secret-plan.txt",), b"x", None, KIND_BYTES)
+            assert b"secret-plan.txt" in trees[name]._names._plain.values()
+        store.clear_session("alpha")
+        assert not trees["alpha"]._names._plain and not trees["alpha"]._names._encoded
+        assert trees["beta"]._names._plain, "control: another session keeps its own"
+        store.emergency_wipe()
+        assert not trees["beta"]._names._plain and not trees["beta"]._names._encoded
+    finally:
+        store.close()
+
+
 def test_unlink_leaves_no_key_that_opens_the_erased_memory(mount) -> None:
     """overwrite_passes=0: the chunks stay on the medium, so only the destroyed data key protects them.
 

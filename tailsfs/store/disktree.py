@@ -1024,6 +1024,9 @@ class DiskTree:
         for of in list(self._open.values()):
             of.refs = 1
             self._release(of)
+        self._names.forget()
+        self._dirs.clear()
+        self._dir_hosts.clear()
 
     def walk_files(self) -> Iterator[tuple[Path_, Path]]:
         """Every memory file (plaintext path, host path): for stats and fsck."""
