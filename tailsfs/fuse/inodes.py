@@ -20,7 +20,7 @@ CTL_NAME = b".tailsfs.ctl"
 FIRST_DYNAMIC = 16
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: fewer objects per entry for the collector to walk
 class Node:
     ino: int
     parent: int

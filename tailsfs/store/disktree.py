@@ -243,6 +243,8 @@ class DiskTree:
         self.tier = tier
         self.root = root
         self._names = NameCipher(session.names_key)
+        # a tier's chunk size when its memories' plaintext size follows from the host size, else 0
+        self._raw_chunk = tier.chunk_size if tier.codec == CODEC_RAW else 0
         self._wrap = Sealer(session.file_wrap_key)  # unwraps every file key of the session: keyed once
         self._dirmeta = Sealer(session.dir_meta_key)
         self._dirs: dict[str, DirInfo] = {}
@@ -398,13 +400,13 @@ class DiskTree:
             of = self._open.get(s.st_ino)
             if of is not None:
                 return of.attr()
-            if self.tier.codec == CODEC_RAW:
+            if self._raw_chunk:
                 # Without reading the header: a host file whose length was altered outside
                 # tailsfs is refused at open (_check_size), so no byte of it is ever served.
                 expires = self.store.ttl.expires_for(self.relpath(host))
                 if expires is not None and expires <= self.store.clock.now():
                     raise oserror(errno.ENOENT, "expired")
-                return attr_from_stat(s, raw_size_from_host(s.st_size, self.tier.chunk_size), expires)
+                return attr_from_stat(s, raw_size_from_host(s.st_size, self._raw_chunk), expires)
             meta = self._peek_meta(host)
             return attr_from_stat(s, meta.size, meta.expires_at)
         if st.S_ISLNK(s.st_mode):

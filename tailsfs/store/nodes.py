@@ -12,7 +12,7 @@ SYMLINK_MAX = 3000  # plaintext bytes: its encryption must fit the host's PATH_M
 Path_ = tuple[bytes, ...]
 
 
-@dataclass
+@dataclass(slots=True)
 class Attr:
     mode: int
     nlink: int
@@ -39,12 +39,9 @@ class Attr:
 
 
 def attr_from_stat(s: os.stat_result, size: int | None = None, expires_at: float | None = None) -> Attr:
-    return Attr(
-        mode=s.st_mode, nlink=s.st_nlink, uid=s.st_uid, gid=s.st_gid,
-        size=s.st_size if size is None else size, blocks=s.st_blocks,
-        atime_ns=s.st_atime_ns, mtime_ns=s.st_mtime_ns, ctime_ns=s.st_ctime_ns,
-        expires_at=expires_at,
-    )
+    # positional, in the field order above: a listing makes one per entry
+    return Attr(s.st_mode, s.st_nlink, s.st_uid, s.st_gid, s.st_size if size is None else size,
+                s.st_blocks, s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns, expires_at)
 
 
 def oserror(code: int, what: str = "") -> OSError:
