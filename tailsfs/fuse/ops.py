@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 
 CACHE_TIMEOUT = 300.0  # nothing changes behind the kernel: the daemon owns the store; expiry invalidates
 BULK_BYTES = 64 * 1024  # reads and writes this large keep both vCPUs busy: no reply from the client's (follow.py)
+# Held-back read counts (DiskTree.flush_counts) are written after this long without a request,
+# this many per turn of the expiry loop: a request that arrives meanwhile waits a few ms at most.
+COUNT_FLUSH_QUIET = 0.5
+COUNT_FLUSH_BATCH = 64
 FILL_MAX_BYTES = 128 * 1024  # files up to this size reach the kernel's page cache with their OPEN
 XATTR_PREFIX = b"user."
 TTL_XATTR = b"user.tails.ttl"
@@ -799,9 +803,14 @@ class TailsOperations(pyfuse3.Operations):
                     self.store.prune()
                 except Exception as exc:
                     log.error("background prune failed: %s", type(exc).__name__)
+            try:  # read counts that releases held back, a few at a time, once requests have paused
+                more = self.store.flush_counts(COUNT_FLUSH_BATCH, quiet=COUNT_FLUSH_QUIET) == COUNT_FLUSH_BATCH
+            except Exception as exc:
+                log.error("writing read counts failed: %s", type(exc).__name__)
+                more = False
             nxt = self.expiring.next_at()
             nxt = now + 1.0 if nxt is None else nxt
-            await trio.sleep(max(0.05, min(1.0, nxt - now, self.prune_interval)))
+            await trio.sleep(0.05 if more else max(0.05, min(1.0, nxt - now, self.prune_interval)))
 
     def init(self) -> None:
         """Called by pyfuse3 on the kernel's INIT, before its reply."""

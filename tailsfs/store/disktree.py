@@ -63,6 +63,9 @@ class OpenFile:
         self.kept_times: tuple[int, int] | None = None  # (atime, mtime) while a face keeps them: keep_times
         self.times_moved = False  # a chunk write has moved the host file's times off kept_times
         self._stat: os.stat_result | None = None  # the host file's last stat, while times are kept
+        # The read count changed and nothing else in the header: a release leaves the count to
+        # DiskTree.flush_counts instead of rewriting the header (every other write takes it along).
+        self.count_dirty = False
 
     def keep_times(self, s: os.stat_result) -> None:
         """From now on only :meth:`set_times` changes the memory's times; writes leave them.
@@ -97,6 +100,9 @@ class OpenFile:
         journal commit (about 60 µs of a 4 KiB write+fsync's 0.3 ms here).
         Times set through set_times are written at once either way.
         """
+        if self.count_dirty:
+            self.ef.meta_dirty = True
+            self.count_dirty = False
         fd = self.ef.backing.fd  # type: ignore[attr-defined]
         if self.kept_times is not None:
             # No stat: with multigrain timestamps (ext4 on Linux 6.13+), a change within a tick of a stat
@@ -231,6 +237,9 @@ def _set_times(target: int | Path, atime_ns: int | None, mtime_ns: int | None) -
 
 _EUID, _EGID = os.geteuid(), os.getegid()
 DIR_CACHE_MAX = 65536  # entries per tree in each directory cache; cleared whole when full
+# Read counts per tree held back from their headers (about 4 MB); past it, each release writes
+# the oldest one, which costs what writing its own did.
+COUNTS_MAX = 16384
 PREFETCH_BYTES = 128 * 1024  # after the header: a small memory whole, a large one's first reads
 
 
@@ -252,6 +261,10 @@ class DiskTree:
         self._base_prefix = len(str(store.base)) + 1
         self._open: dict[int, OpenFile] = {}
         self._unsynced: set[int] = set()  # host inodes whose last header write failed
+        # Read counts that releases held back from their headers, by host inode: (file id, count,
+        # path). A read-only open then writes nothing; flush_counts writes them when the store is
+        # quiet, when there are too many, and at close. The next open of the file takes its count.
+        self._counts: dict[int, tuple[bytes, int, Path_]] = {}
 
     # -- host paths and names ---------------------------------------------------
     def exists(self) -> bool:
@@ -613,6 +626,7 @@ class DiskTree:
                 os.close(fd)
                 raise
             of = OpenFile(self, ef, s.st_ino, path)
+            self._take_count(of)
             self._open[of.ino] = of
         else:
             self._check_live(of.ef.meta)
@@ -622,6 +636,34 @@ class DiskTree:
         if truncate:
             handle.truncate(0)
         return handle
+
+    def _take_count(self, of: OpenFile) -> None:
+        """A newly opened memory takes the read count a release held back (flush_counts)."""
+        held = self._counts.pop(of.ino, None)
+        if held is not None and held[0] == of.ef.header.file_id and held[1] > of.ef.meta.access_count:
+            of.ef.meta.access_count = held[1]
+            of.count_dirty = True
+
+    def flush_counts(self, limit: int | None = None) -> int:
+        """Write held-back read counts into their headers, oldest first; returns how many."""
+        done = 0
+        while self._counts and (limit is None or done < limit):
+            ino = next(iter(self._counts))
+            path = self._counts[ino][2]
+            try:
+                h = self.open(path, writable=True)  # takes the count (_take_count)
+            except (OSError, IntegrityError) as exc:  # gone, expired, or no longer ours: nothing to keep
+                log.debug("read count not written (%s)", type(exc).__name__)
+                self._counts.pop(ino, None)
+                continue
+            try:
+                if h.of.ino == ino:
+                    h.of.sync_header()
+            finally:
+                h.release()
+                self._counts.pop(ino, None)
+            done += 1
+        return done
 
     def _check_live(self, meta: Meta) -> None:
         if meta.expires_at is not None and meta.expires_at <= self.store.clock.now():
@@ -679,6 +721,9 @@ class DiskTree:
         written, of.bytes_written = of.bytes_written, 0
         try:
             if of.trash is None:
+                if of.count_dirty and not of.ef.meta_dirty:
+                    of.count_dirty = False
+                    self._counts[of.ino] = (of.ef.header.file_id, of.ef.meta.access_count, of.path)
                 of.sync_header()
         except OSError:
             self._unsynced.add(of.ino)  # its chunks may run past the header's size: heal at next open
@@ -688,13 +733,16 @@ class DiskTree:
             if of.trash is not None:
                 self._crypto_erase_open(of)
             of.ef.close()
+        if len(self._counts) > COUNTS_MAX:
+            self.flush_counts(len(self._counts) - COUNTS_MAX)
         return written
 
     def note_read(self, handle: DiskHandle) -> int:
         """Count one read access; persisted with the next header write."""
         meta = handle.of.ef.meta
         meta.access_count += 1
-        handle.of.ef.meta_dirty = True
+        if not handle.of.ef.meta_dirty:
+            handle.of.count_dirty = True
         return meta.access_count
 
     def read_all(self, path: Path_) -> tuple[bytes, Meta]:
@@ -786,6 +834,7 @@ class DiskTree:
         """
         created = 0.0
         if st.S_ISREG(s.st_mode):
+            self._counts.pop(s.st_ino, None)
             of = self._open.get(s.st_ino)
             if of is not None:
                 self.store.ttl.remove(of.file_id)
@@ -894,6 +943,9 @@ class DiskTree:
         for of in self._open.values():
             if of.path[: len(old)] == old:
                 of.path = new + of.path[len(old):]
+        for ino, (file_id, count, path) in self._counts.items():
+            if path[: len(old)] == old:
+                self._counts[ino] = (file_id, count, new + path[len(old):])
 
     # -- symlinks ------------------------------------------------------------------------
     def symlink(self, path: Path_, target: bytes, uid: int | None = None, gid: int | None = None) -> Attr:
@@ -1026,6 +1078,7 @@ class DiskTree:
         for of in list(self._open.values()):
             of.refs = 1
             self._release(of)
+        self._counts.clear()  # a closing store flushes them first (Store.close); an erase drops them
         self._names.forget()
         self._dirs.clear()
         self._dir_hosts.clear()

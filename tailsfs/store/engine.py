@@ -32,7 +32,7 @@ from ..crypto.keyfile import Protection, describe, open_master, protection_kind,
 from ..crypto.secret import SecretKey
 from ..format.backing import FAULTS
 from ..errors import (IntegrityError, KeyFileError, NoSpaceError, StoreExistsError, StoreInUseError,
-                      UnknownSessionError)
+                      TailsError, UnknownSessionError)
 from .audit import AuditLog
 from .clock import MonotonicWallClock
 from .disktree import DiskTree, _fsync_dir
@@ -319,6 +319,17 @@ class Store:
     def note_activity(self) -> None:
         """A face is serving a request: overwrite passes wait for a quiet moment (see Eraser)."""
         self.eraser.note_activity()
+
+    def flush_counts(self, limit: int | None = None, quiet: float = 0.0) -> int:
+        """Write read counts held back from headers (DiskTree.flush_counts), if no request came for ``quiet`` s."""
+        if self.closed or self.eraser.quiet_for() < quiet:
+            return 0
+        done = 0
+        for t in list(self._trees.values()):
+            done += t.flush_counts(None if limit is None else limit - done)
+            if limit is not None and done >= limit:
+                break
+        return done
 
     def tree(self, name: str, tier: MemoryTier, create: bool = False) -> DiskTree | RamTree:
         """A session's tree in a tier; with ``create``, the session and tier are made if missing."""
@@ -619,6 +630,10 @@ class Store:
                 ram.close()
             self._ram.clear()
             for t in self._trees.values():
+                try:
+                    t.flush_counts()
+                except (OSError, TailsError) as exc:  # the counts are statistics; the audit has every read
+                    log.error("read counts not written at close: %s", type(exc).__name__)
                 t.close()
             self.eraser.drain()
             self.eraser.close()

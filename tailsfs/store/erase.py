@@ -125,6 +125,10 @@ class Eraser:
         """A request is being served: hold the passes back for ``quiet`` seconds."""
         self._last_activity = time.monotonic()
 
+    def quiet_for(self) -> float:
+        """Seconds since the last request was noted."""
+        return time.monotonic() - self._last_activity
+
     def submit(self, path: Path, size: int = 0) -> None:
         """Queue a crypto-erased file (``size`` bytes on disk) for its overwrite passes."""
         with self._pending_lock:
