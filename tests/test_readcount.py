@@ -167,3 +167,18 @@ def test_through_a_mount_counts_survive_a_remount_and_idle_writes_them(mount) ->
         time.sleep(0.2)
     assert store_files[0].read_bytes()[:HEADER_SIZE] != before, "the idle daemon did not write the held count"
     assert os.getxattr(f, "user.tails.access_count") == b"4"
+
+
+def test_a_count_that_fails_to_be_written_is_not_tried_again(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    tree = _tree(store)
+    tree.write_all((b"a",), b"data", None, KIND_BYTES)
+    _read(tree, (b"a",))
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("an unexpected failure")
+
+    monkeypatch.setattr(tree, "open", broken)
+    with pytest.raises(ValueError):
+        tree.flush_counts()
+    assert not tree._counts, "a failing count stays held and is retried on every pass"
+    assert tree.flush_counts() == 0

@@ -77,8 +77,7 @@ class NameCipher:
         if len(encoded) > MAX_ENCODED:
             return  # long names are rare and would make the memo's size unbounded in bytes
         if len(self._plain) >= MEMO_PAIRS:
-            self._plain.clear()
-            self._encoded.clear()
+            self.forget()
         self._plain[(dir_id, encoded)] = name
         self._encoded[(dir_id, name)] = encoded
 

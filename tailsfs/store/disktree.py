@@ -649,20 +649,18 @@ class DiskTree:
         done = 0
         while self._counts and (limit is None or done < limit):
             ino = next(iter(self._counts))
-            path = self._counts[ino][2]
             try:
-                h = self.open(path, writable=True)  # takes the count (_take_count)
+                h = self.open(self._counts[ino][2], writable=True)  # takes the count (_take_count)
+                try:
+                    if h.of.ino == ino:
+                        h.of.sync_header()
+                finally:
+                    h.release()
+                done += 1
             except (OSError, IntegrityError) as exc:  # gone, expired, or no longer ours: nothing to keep
                 log.debug("read count not written (%s)", type(exc).__name__)
-                self._counts.pop(ino, None)
-                continue
-            try:
-                if h.of.ino == ino:
-                    h.of.sync_header()
             finally:
-                h.release()
-                self._counts.pop(ino, None)
-            done += 1
+                self._counts.pop(ino, None)  # whatever happened, never tried again
         return done
 
     def _check_live(self, meta: Meta) -> None:
