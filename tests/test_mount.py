@@ -97,6 +97,36 @@ def test_dd_odd_blocks_and_offsets(shared_mount, tmp_path):
         assert a == b and len(a) > 0
 
 
+def test_volatile_large_file_across_its_chunks(shared_mount, tmp_path):
+    """Past 8 MiB a volatile file's bytes live in 8 MiB chunks (store/rambytes.py)."""
+    d = sess(shared_mount, "volatile", "big")
+    src = tmp_path / "src.bin"
+    src.write_bytes(os.urandom((20 << 20) + 123))
+    plain, fused = tmp_path / "plain.bin", d / "big.bin"
+    for target in (plain, fused):
+        run(["cp", str(src), str(target)])
+    run(["cmp", str(plain), str(fused)])
+    edits = [  # (offset, size): across the first and second chunk boundaries, and a hole past the end
+        ((8 << 20) - 100, 200), ((16 << 20) - 4097, 3 << 20), ((8 << 20) + 1, 1), ((30 << 20) + 5, 4096),
+    ]
+    for offset, size in edits:
+        data = os.urandom(size)
+        for target in (plain, fused):
+            fd = os.open(target, os.O_WRONLY)
+            try:
+                os.pwrite(fd, data, offset)
+            finally:
+                os.close(fd)
+        run(["cmp", str(plain), str(fused)])
+    for size in ((8 << 20) + 5, 17 << 20, 3 << 20, (9 << 20) + 7, 0, 12 << 20):  # old bytes must not return
+        for target in (plain, fused):
+            run(["truncate", "-s", str(size), str(target)])
+        assert fused.stat().st_size == size
+        run(["cmp", str(plain), str(fused)])
+    run(["rm", str(fused)])
+    assert not fused.exists()
+
+
 def _make_tree(root: Path) -> None:
     (root / "a" / "b" / "c").mkdir(parents=True)
     (root / "empty").mkdir()

@@ -1,6 +1,6 @@
 """The volatile tier: one session's tree held in the process's memory only.
 
-Nothing here touches the disk. File contents live in ``bytearray`` so they
+Nothing here touches the disk. File contents live in :class:`RamBytes` (store/rambytes.py) so they
 can be zeroed when a file is deleted or the store closes; ``lock_memory``
 (mlockall, set by the daemon) keeps them out of swap.
 """
@@ -12,7 +12,7 @@ import stat as st
 import time
 from typing import TYPE_CHECKING, Iterator
 
-from ..crypto.secret import zero
+from .rambytes import RamBytes
 from ..format.meta import KIND_BYTES, Meta
 from .nodes import SYMLINK_MAX, Attr, Path_, check_name, oserror
 from .tiers import MemoryTier
@@ -39,7 +39,7 @@ class RamNode:
 class RamFile(RamNode):
     def __init__(self, mode: int, uid: int, gid: int, meta: Meta) -> None:
         super().__init__(st.S_IFREG | (mode & 0o7777), uid, gid)
-        self.data = bytearray()
+        self.data = RamBytes()
         self.meta = meta
         self.xattrs = meta.xattrs  # one dict: read through an open handle's metadata or the node alike
         self.refs = 0
@@ -73,22 +73,25 @@ class RamHandle:
     tier = MemoryTier.VOLATILE
 
     def read(self, offset: int, size: int) -> bytes:
-        return bytes(self.node.data[offset : offset + size])
+        return self.node.data.read(offset, size)
 
-    def read_view(self, offset: int, size: int) -> bytearray:
-        """As read, with one copy fewer (a face hands it straight to the kernel)."""
-        return self.node.data[offset : offset + size]
+    def read_view(self, offset: int, size: int) -> bytes:
+        """As read (the disk tiers' read_view saves a copy; here read makes only one)."""
+        return self.node.data.read(offset, size)
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         if not data:  # a zero-byte write changes nothing, even past the end (POSIX)
             return 0
         node = self.node
         end = offset + len(data)
-        if end > len(node.data):
-            self.tree.store.charge_volatile(end - len(node.data))
-            if offset > len(node.data):
-                node.data.extend(bytes(offset - len(node.data)))
-        node.data[offset:end] = data
+        grow = max(end - len(node.data), 0)
+        if grow:
+            self.tree.store.charge_volatile(grow)
+        try:
+            node.data.write(offset, data)
+        except BaseException:  # no memory for it (ENOMEM from mmap): the charge goes back
+            self.tree.store.charge_volatile(-grow)
+            raise
         node.meta.size = len(node.data)
         if not self.keep_times:
             node.mtime_ns = node.ctime_ns = time.time_ns()
@@ -269,10 +272,13 @@ class RamTree:
         old = len(node.data)
         if size > old:
             self.store.charge_volatile(size - old)
-            node.data.extend(bytes(size - old))
-        elif size < old:
-            zero(memoryview(node.data)[size:])
-            del node.data[size:]
+        try:
+            node.data.truncate(size)
+        except BaseException:  # no memory for it: nothing changed, the charge goes back
+            if size > old:
+                self.store.charge_volatile(old - size)
+            raise
+        if size < old:
             self.store.charge_volatile(size - old)
         node.meta.size = size
         if stamp:
@@ -286,7 +292,7 @@ class RamTree:
         h = self.open(path, writable=False)
         try:
             self.note_read(h)
-            return bytes(h.node.data), h.node.meta
+            return h.node.data.to_bytes(), h.node.meta
         finally:
             h.release()
 
@@ -298,7 +304,7 @@ class RamTree:
         try:
             now = self.store.clock.now()
             node = RamFile(mode, 0, 0, Meta(size=len(data), created=now, expires_at=now + ttl if ttl else None, kind=kind))
-            node.data = bytearray(data)
+            node.data = RamBytes(data)
             if name in parent.children:
                 self._unlink_node(parent, name)
             self._link(parent, name, node)
@@ -338,8 +344,7 @@ class RamTree:
     def destroy(self, node: RamNode) -> None:
         if isinstance(node, RamFile):
             self.store.charge_volatile(-len(node.data))
-            zero(node.data)
-            node.data = bytearray()
+            node.data.wipe()
         elif isinstance(node, RamDir):
             for name in list(node.children):
                 self._unlink_node(node, name)
