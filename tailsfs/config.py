@@ -24,6 +24,9 @@ def default_base() -> Path:
     return Path(data) / "tailsfs"
 
 
+FOLLOW_CHOICES = ("yes", "no", "auto")
+
+
 @dataclass
 class MountConfig:
     base: str = ""
@@ -36,7 +39,7 @@ class MountConfig:
     log_level: str = "WARNING"
     log_file: str = ""
     poll_us: int = 200
-    follow_client: bool = True
+    follow_client: str = "auto"  # yes, no, or auto: measured at mount (fuse/wakeprobe.py)
 
     def store_config(self) -> StoreConfig:
         # poll_us is how long the daemon stays busy instead of sleeping: for the next request
@@ -50,6 +53,8 @@ class MountConfig:
         self.store_config()
         if not self.prune_interval > 0:
             raise ValueError("prune_interval must be > 0 seconds")
+        if self.follow_client not in FOLLOW_CHOICES:
+            raise ValueError(f"follow_client must be yes, no or auto, not {self.follow_client!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}")
 
@@ -80,6 +85,8 @@ def set_option(cfg: MountConfig, name: str, value: str) -> None:
     try:
         if name == "volatile_max_bytes":
             parsed: object = _parse_size(value)
+        elif name == "follow_client":
+            parsed = "auto" if value.strip().lower() == "auto" else ("yes" if _parse_bool(value) else "no")
         elif kind in (bool, "bool"):
             parsed = _parse_bool(value)
         elif kind in (float, "float"):

@@ -15,7 +15,9 @@ import time
 
 import pytest
 
+from tailsfs.config import MountConfig, set_option
 from tailsfs.fuse.follow import CROSSED, TIGHT, ClientFollower, may_leave_idle
+from tailsfs.fuse.wakeprobe import FOLLOW_MIN_EXTRA, cross_cpu_extra, worth_following
 
 from conftest import CLI, REPO
 
@@ -215,7 +217,7 @@ def _stat_loop(path, n: int) -> None:
 
 
 def test_a_synchronous_loop_gets_idle_replies_and_an_idle_mount_is_back_to_normal(mount):
-    m = mount()
+    m = mount(options=["follow_client=yes"])  # auto would decide by this machine's wake-up cost
     f = m.mp / "persistent" / "loop" / "f"
     f.parent.mkdir()
     f.write_bytes(b"x")
@@ -231,7 +233,7 @@ def test_a_synchronous_loop_gets_idle_replies_and_an_idle_mount_is_back_to_norma
 
 
 def test_a_busy_machine_gets_no_idle_replies(mount):
-    m = mount()
+    m = mount(options=["follow_client=yes"])
     f = m.mp / "persistent" / "busy" / "f"
     f.parent.mkdir()
     f.write_bytes(b"x")
@@ -294,3 +296,52 @@ def test_a_large_read_or_write_lets_go_and_replies_as_before_for_a_while():
     clock.now += BULK_HOLD
     _round_trip(f, clock, gap=40e-6)
     assert sched.calls[-1] == ("set_idle", True), "the transfer is over: a synchronous loop again"
+
+
+# -- follow_client=auto: the wake-up probe ------------------------------------------------------------
+def test_follow_client_option_takes_yes_no_and_auto():
+    assert MountConfig().follow_client == "auto"
+    for text, value in (("yes", "yes"), ("on", "yes"), ("1", "yes"), ("no", "no"), ("false", "no"),
+                        ("AUTO", "auto"), (" auto", "auto")):
+        cfg = MountConfig()
+        set_option(cfg, "follow_client", text)
+        assert cfg.follow_client == value, text
+    with pytest.raises(ValueError, match="follow_client"):
+        set_option(MountConfig(), "follow_client", "maybe")
+    cfg = MountConfig(follow_client="sometimes")
+    with pytest.raises(ValueError, match="yes, no or auto"):
+        cfg.validate()
+
+
+def test_the_probe_measures_and_puts_the_affinity_back():
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.fail("this test needs two CPUs (the machines it runs on have them)")
+    extra = cross_cpu_extra(rounds=50)
+    assert isinstance(extra, float) and -0.01 < extra < 0.01
+    assert os.sched_getaffinity(0) == before
+
+
+def test_the_probe_on_one_cpu_says_none_and_auto_does_not_follow():
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(before)})
+    try:
+        assert cross_cpu_extra(rounds=10) is None
+    finally:
+        os.sched_setaffinity(0, before)
+    assert not worth_following(None)
+
+
+def test_auto_follows_only_where_a_wake_up_across_cpus_is_dear():
+    assert worth_following(FOLLOW_MIN_EXTRA)
+    assert worth_following(70e-6)  # about what the twentieth round's VM paid for two wake-ups
+    assert not worth_following(8e-6)  # what the twenty-fourth round's VM paid
+    assert not worth_following(FOLLOW_MIN_EXTRA - 1e-6)
+
+
+def test_a_mount_with_auto_reports_what_it_measured_and_follows_accordingly(mount):
+    m = mount(options=["follow_client=auto"])
+    report = _status(m.mp)["follow_client"]
+    extra_us = report["cross_cpu_extra_us"]
+    assert isinstance(extra_us, float)
+    assert report["on"] is worth_following(extra_us / 1e6), report

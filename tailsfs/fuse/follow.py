@@ -43,8 +43,9 @@ came back within :data:`TIGHT` last time (a synchronous loop, whose next
 request is due in microseconds). On a busy machine, or between requests far
 apart, replies go out at normal priority as before. It is off where the
 thread could not take ``SCHED_OTHER`` back by itself (neither
-``CAP_SYS_NICE`` nor an ``RLIMIT_NICE`` that allows it), and with the mount
-option ``follow_client=no``.
+``CAP_SYS_NICE`` nor an ``RLIMIT_NICE`` that allows it), with the mount
+option ``follow_client=no``, and, with ``auto`` (the default), where waking
+another CPU is cheap (fuse/wakeprobe.py).
 """
 from __future__ import annotations
 

@@ -32,6 +32,7 @@ from .follow import ClientFollower, ThreadScheduler, may_leave_idle
 from .ops import TailsOperations
 from .polling import RequestPoller
 from .tuning import set_readahead
+from .wakeprobe import cross_cpu_extra, worth_following
 
 log = logging.getLogger(__name__)
 
@@ -163,14 +164,22 @@ def _frames(exc: BaseException) -> str:
     return "".join(lines) + "".join(_frames(e) for e in inner)
 
 
-def _follower(cfg: MountConfig) -> ClientFollower | None:
-    """The follower of the client's CPU, when asked for and possible here (fuse/follow.py)."""
-    if not cfg.follow_client or cfg.poll_us <= 0:
-        return None  # without the poller's hooks the follower would never go back to normal priority
+def _follower(cfg: MountConfig) -> tuple[ClientFollower | None, float | None]:
+    """The follower of the client's CPU, when asked for and worth it here (fuse/follow.py), and
+    what the wake-up probe measured (fuse/wakeprobe.py; None when it did not run)."""
+    if cfg.follow_client == "no" or cfg.poll_us <= 0:
+        return None, None  # without the poller's hooks the follower would never go back to normal priority
     if not may_leave_idle():
         log.info("replies from the client's CPU are off: needs CAP_SYS_NICE or RLIMIT_NICE of 20")
-        return None
-    return ClientFollower(ThreadScheduler())
+        return None, None
+    extra = None
+    if cfg.follow_client == "auto":
+        extra = cross_cpu_extra()
+        if not worth_following(extra):
+            log.info("replies from the client's CPU are off: waking another CPU costs little here (%s)",
+                     "one CPU" if extra is None else f"{extra * 1e6:.0f} µs per round trip")
+            return None, extra
+    return ClientFollower(ThreadScheduler()), extra
 
 
 def _serve(store: Store, ops: TailsOperations, cfg: MountConfig) -> int:
@@ -195,7 +204,8 @@ def _serve(store: Store, ops: TailsOperations, cfg: MountConfig) -> int:
     # and a listing of a few thousand files made enough new objects to start one.
     gc.collect()
     gc.freeze()
-    follower = ops.follower = _follower(cfg)
+    follower, ops.wake_probe = _follower(cfg)
+    ops.follower = follower
     poller = RequestPoller(cfg.poll_us / 1e6)
     if follower is not None:
         poller.on_request, poller.on_park = follower.arrived, follower.parked

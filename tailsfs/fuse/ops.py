@@ -139,6 +139,7 @@ class TailsOperations(pyfuse3.Operations):
         self.started = time.time_ns()
         self.on_emergency: Callable[[], None] | None = None
         self.follower: ClientFollower | None = None  # set by the mount when replies follow the client's CPU
+        self.wake_probe: float | None = None  # seconds, set by the mount when follow_client=auto measured
 
     # -- helpers ----------------------------------------------------------------------
     def _tree(self, node: Node, create: bool = False):
@@ -767,10 +768,16 @@ class TailsOperations(pyfuse3.Operations):
         if cmd == "status":
             response.update(mounted=True, mountpoint=self.mountpoint, pid=os.getpid(),
                             prune_interval=self.prune_interval, open_files=len(self.handles),
-                            follow_client=self.follower.report() if self.follower else {"on": False})
+                            follow_client=self._follow_report())
         if cmd == "wipe_session" and "error" not in response:
             self._forget_session(request["session"])
         return json.dumps(response, default=str).encode()
+
+    def _follow_report(self) -> dict[str, object]:
+        report = self.follower.report() if self.follower else {"on": False}
+        if self.wake_probe is not None:
+            report["cross_cpu_extra_us"] = round(self.wake_probe * 1e6, 1)
+        return report
 
     def _forget_session(self, name: str) -> None:
         """A wiped session is gone from every tier: drop its names from the kernel's caches too."""
