@@ -345,3 +345,16 @@ def test_a_mount_with_auto_reports_what_it_measured_and_follows_accordingly(moun
     extra_us = report["cross_cpu_extra_us"]
     assert isinstance(extra_us, float)
     assert report["on"] is worth_following(extra_us / 1e6), report
+
+
+def test_a_failing_probe_turns_following_off_and_does_not_fail_the_mount(monkeypatch):
+    from tailsfs.fuse import mount as mount_module
+
+    def broken(*_args):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(mount_module, "cross_cpu_extra", broken)
+    monkeypatch.setattr(mount_module, "may_leave_idle", lambda: True)
+    assert mount_module._follower(MountConfig(follow_client="auto")) == (None, None)
+    follower, extra = mount_module._follower(MountConfig(follow_client="yes"))  # yes does not probe
+    assert follower is not None and extra is None

@@ -174,7 +174,11 @@ def _follower(cfg: MountConfig) -> tuple[ClientFollower | None, float | None]:
         return None, None
     extra = None
     if cfg.follow_client == "auto":
-        extra = cross_cpu_extra()
+        try:
+            extra = cross_cpu_extra()
+        except (OSError, RuntimeError) as exc:  # no pipe, thread or affinity: the mount must not fail over it
+            log.info("wake-up probe failed (%s): replies from the client's CPU are off", type(exc).__name__)
+            return None, None
         if not worth_following(extra):
             log.info("replies from the client's CPU are off: waking another CPU costs little here (%s)",
                      "one CPU" if extra is None else f"{extra * 1e6:.0f} µs per round trip")

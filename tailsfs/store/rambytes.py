@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import mmap
 
+from ..crypto.secret import zero
+
 SMALL_MAX = 8 << 20  # up to this, one bytearray: a huge page is 2 MiB, so a larger file wastes < 1/4
 CHUNK = 8 << 20
 _MAP_FLAGS = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
@@ -35,9 +37,8 @@ def _new_chunk() -> mmap.mmap:
 
 
 def _zero(buf: bytearray | mmap.mmap, start: int, end: int) -> None:
-    if end > start:
-        with memoryview(buf) as view:
-            view[start:end] = bytes(end - start)
+    with memoryview(buf) as view:  # released here: a mapping with a view on it cannot be closed
+        zero(view[start:end])
 
 
 class RamBytes:

@@ -75,9 +75,7 @@ class RamHandle:
     def read(self, offset: int, size: int) -> bytes:
         return self.node.data.read(offset, size)
 
-    def read_view(self, offset: int, size: int) -> bytes:
-        """As read (the disk tiers' read_view saves a copy; here read makes only one)."""
-        return self.node.data.read(offset, size)
+    read_view = read  # the disk tiers' read_view saves a copy; here read makes only one
 
     def write(self, offset: int, data: bytes | memoryview) -> int:
         if not data:  # a zero-byte write changes nothing, even past the end (POSIX)
