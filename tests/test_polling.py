@@ -204,6 +204,43 @@ def test_requests_found_waiting_skip_trio_but_other_tasks_still_run(pipe):
     assert other_turns <= span / TRIO_TURN + 2, "trio had a turn between requests that were already waiting"
 
 
+def test_a_polling_wait_asks_the_device_between_trio_turns(pipe):
+    """While it polls, the wait checks the device without a trio checkpoint each time; trio still gets a turn every TRIO_TURN.
+
+    A checkpoint per check made a request that came while the wait polled wait for the
+    rest of a turn of trio's run loop.
+    """
+    r, w = pipe
+    poller = RequestPoller(5.0, is_device=lambda fd: fd == r)
+
+    async def scenario() -> tuple[int, float]:
+        served: list[float] = []
+        turns: list[float] = []
+
+        async def other_task() -> None:
+            while True:
+                turns.append(time.perf_counter())
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(other_task)
+            nursery.start_soon(_serve_requests, r, served)
+            os.write(w, b"x")
+            await _until_served(served, 1)
+            start = time.perf_counter()
+            await trio.sleep(0.2)  # the wait polls meanwhile: the window is 5 s
+            end = time.perf_counter()
+            os.write(w, b"x")
+            await _until_served(served, 2)
+            nursery.cancel_scope.cancel()
+        return len([t for t in turns if start < t < end]), end - start
+
+    with poller.installed():
+        other_turns, span = trio.run(scenario)
+    assert other_turns >= span / TRIO_TURN / 4, "trio had too few turns while the wait polled"
+    assert other_turns <= span / TRIO_TURN * 2 + 10, "the polling wait gave trio a turn at every check of the device"
+
+
 def test_parked_wait_uses_no_cpu(pipe):
     r, w = pipe
     poller = RequestPoller(0.001, is_device=lambda fd: fd == r)

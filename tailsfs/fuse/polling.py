@@ -15,9 +15,13 @@ way). While :meth:`RequestPoller.installed` is active, that attribute is a
 stand-in for trio whose two calls go through the poller for the FUSE device
 (every other file descriptor goes straight to trio): until
 ``window`` seconds have passed since the last request, the wait asks the
-device with a zero-timeout ``poll(2)`` between trio checkpoints (so every
-other task still runs) and ``sched_yield`` calls (so anything else that
-wants the CPU gets it); only then does it park in trio's epoll wait. Asking
+device with a zero-timeout ``poll(2)`` between ``sched_yield`` calls (so
+anything else that wants the CPU gets it), and gives trio a turn every
+:data:`TRIO_TURN` (so every other task still runs); only then does it park
+in trio's epoll wait. A turn of trio's run loop costs several times a
+check of the device, so one per check made a request that came while the
+wait polled wait for the rest of it (docs/PERFORMANCE.md, twenty-fifth
+round). Asking
 the device directly also spares each request trio's re-registration of the
 descriptor and the hand-over from its I/O loop back to the request loop:
 the round trip of a request that does nothing went from about 62 to 35 µs.
@@ -48,7 +52,7 @@ import pyfuse3
 import trio
 
 FUSE_DEVICE = os.makedev(10, 229)  # /dev/fuse: misc major 10, FUSE_MINOR 229 on every Linux
-TRIO_TURN = 0.001  # a request found waiting skips trio's scheduler if trio had a turn this recently
+TRIO_TURN = 0.001  # trio gets a turn at least this often while the wait polls or requests keep coming
 
 
 def is_fuse_device(fd: int) -> bool:
@@ -138,14 +142,16 @@ class RequestPoller:
         now = time.perf_counter()
         if now - self.last_turn < TRIO_TURN and fd not in self._closing and poll.poll(0):
             return self._request_came(now)
-        while time.perf_counter() - self.last_request < self.window:
-            await trio.lowlevel.checkpoint()
-            self.last_turn = time.perf_counter()
+        while now - self.last_request < self.window:
+            if now - self.last_turn >= TRIO_TURN:
+                await trio.lowlevel.checkpoint()
+                self.last_turn = time.perf_counter()
             if fd in self._closing:
                 raise trio.ClosedResourceError("the FUSE session is ending")
             if poll.poll(0):
                 return self._request_came(time.perf_counter())
             os.sched_yield()
+            now = time.perf_counter()
         self.on_park()
         await self._trio_wait(fd)
         self.last_turn = time.perf_counter()
