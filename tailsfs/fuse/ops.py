@@ -29,6 +29,7 @@ from ..store.nodes import Attr, check_name, check_ttl
 from ..store.tiers import MemoryTier
 from .inodes import CTL_INODE, CTL_NAME, ROOT, TIER_INODES, InodeTable, Node
 from .follow import ClientFollower
+from .memtrim import QuietTrimmer
 from .prefetch import OpenAfterLookup
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ BULK_BYTES = 64 * 1024  # reads and writes this large keep both vCPUs busy: no r
 # this many per turn of the expiry loop: a request that arrives meanwhile waits a few ms at most.
 COUNT_FLUSH_QUIET = 0.5
 COUNT_FLUSH_BATCH = 64
+TRIM_QUIET = 1.0  # seconds without a request before the daemon gives its free heap memory back (memtrim.py)
 FILL_MAX_BYTES = 128 * 1024  # files up to this size reach the kernel's page cache with their OPEN
 XATTR_PREFIX = b"user."
 TTL_XATTR = b"user.tails.ttl"
@@ -140,6 +142,7 @@ class TailsOperations(pyfuse3.Operations):
         self.on_emergency: Callable[[], None] | None = None
         self.follower: ClientFollower | None = None  # set by the mount when replies follow the client's CPU
         self.wake_probe: float | None = None  # seconds, set by the mount when follow_client=auto measured
+        self.trimmer = QuietTrimmer(TRIM_QUIET)  # the heap's free memory back to the kernel when quiet
 
     # -- helpers ----------------------------------------------------------------------
     def _tree(self, node: Node, create: bool = False):
@@ -815,6 +818,8 @@ class TailsOperations(pyfuse3.Operations):
             except Exception as exc:
                 log.error("writing read counts failed: %s", type(exc).__name__)
                 more = False
+            if not more:
+                self.trimmer.tick(self.store.last_activity(), time.monotonic())
             nxt = self.expiring.next_at()
             nxt = now + 1.0 if nxt is None else nxt
             await trio.sleep(0.05 if more else max(0.05, min(1.0, nxt - now, self.prune_interval)))

@@ -320,6 +320,10 @@ class Store:
         """A face is serving a request: overwrite passes wait for a quiet moment (see Eraser)."""
         self.eraser.note_activity()
 
+    def last_activity(self) -> float:
+        """When a face last noted a request (``time.monotonic()``)."""
+        return self.eraser.last_activity()
+
     def flush_counts(self, limit: int | None = None, quiet: float = 0.0) -> int:
         """Write read counts held back from headers (DiskTree.flush_counts), if no request came for ``quiet`` s."""
         if self.closed or self.eraser.quiet_for() < quiet:

@@ -129,6 +129,10 @@ class Eraser:
         """Seconds since the last request was noted."""
         return time.monotonic() - self._last_activity
 
+    def last_activity(self) -> float:
+        """When the last request was noted (``time.monotonic()``; 0 before any)."""
+        return self._last_activity
+
     def submit(self, path: Path, size: int = 0) -> None:
         """Queue a crypto-erased file (``size`` bytes on disk) for its overwrite passes."""
         with self._pending_lock:
