@@ -59,6 +59,13 @@ async def _until_served(served: list[float], n: int) -> None:
             await trio.sleep(0.001)
 
 
+async def _count_turns(turns: list[float]) -> None:
+    """Another trio task: notes the time of each turn trio gives it."""
+    while True:
+        turns.append(time.perf_counter())
+        await trio.sleep(0)
+
+
 @pytest.fixture
 def pipe():
     r, w = os.pipe()
@@ -181,13 +188,8 @@ def test_requests_found_waiting_skip_trio_but_other_tasks_still_run(pipe):
         served: list[float] = []
         turns: list[float] = []
 
-        async def other_task() -> None:
-            while True:
-                turns.append(time.perf_counter())
-                await trio.sleep(0)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
+            nursery.start_soon(_count_turns, turns)
             await trio.sleep(0.01)
             os.write(w, b"x" * n)  # n requests waiting at once
             nursery.start_soon(_serve_requests, r, served)
@@ -217,13 +219,8 @@ def test_a_polling_wait_asks_the_device_between_trio_turns(pipe):
         served: list[float] = []
         turns: list[float] = []
 
-        async def other_task() -> None:
-            while True:
-                turns.append(time.perf_counter())
-                await trio.sleep(0)
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(other_task)
+            nursery.start_soon(_count_turns, turns)
             nursery.start_soon(_serve_requests, r, served)
             os.write(w, b"x")
             await _until_served(served, 1)
