@@ -65,6 +65,15 @@ def ctl_request(mp: Path, request: dict) -> dict:
     return json.loads(data)
 
 
+def status_field(pid: int, name: str) -> str:
+    """A field of /proc/PID/status, as written there (e.g. "123 kB")."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    raise AssertionError(f"/proc/{pid}/status has no {name}")
+
+
 def daemon_pid(mp: Path) -> int | None:
     try:
         return int(ctl_request(mp, {"cmd": "status"})["pid"])

@@ -6,7 +6,7 @@ import time
 
 from tailsfs.fuse.memtrim import QuietTrimmer, _malloc_trim
 
-from conftest import daemon_pid, session
+from conftest import daemon_pid, session, status_field
 
 
 def test_trims_once_per_quiet_period_and_never_while_requests_come():
@@ -30,11 +30,7 @@ def test_this_libc_has_malloc_trim():
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+    return int(status_field(pid, "VmRSS").split()[0]) / 1024
 
 
 def test_the_daemon_shrinks_after_a_burst_of_volatile_small_files_is_removed(mount):

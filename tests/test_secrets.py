@@ -25,7 +25,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import CLI, Mount, _fuse_available, ctl_request, is_mounted
+from conftest import CLI, Mount, _fuse_available, ctl_request, is_mounted, status_field
 from tailsfs import MemoryTier, TailsMemoryManager
 from tailsfs.crypto import kdf, secret
 from tailsfs.crypto.aead import unwrap_key
@@ -342,14 +342,6 @@ def daemon(tmp_path_factory) -> Iterator[int]:
         m.umount()
 
 
-def _status_field(pid: int, name: str) -> str:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith(name + ":"):
-                return line.split(":", 1)[1].strip()
-    raise AssertionError(f"/proc/{pid}/status has no {name}")
-
-
 def test_daemon_core_file_size_limit_is_zero_soft_and_hard(daemon: int) -> None:
     with open(f"/proc/{daemon}/limits") as fh:
         [line] = [x for x in fh if x.startswith("Max core file size")]
@@ -397,7 +389,7 @@ def test_daemon_is_not_dumpable(daemon: int) -> None:
 def _can_lock_everything() -> bool:
     """mlockall of a whole daemon needs CAP_IPC_LOCK or an unlimited memlock limit."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    eff = int(_status_field(os.getpid(), "CapEff"), 16)
+    eff = int(status_field(os.getpid(), "CapEff"), 16)
     return bool(eff & (1 << 14)) or soft == resource.RLIM_INFINITY
 
 
@@ -406,14 +398,14 @@ def test_lock_memory_locks_the_daemon_or_fails_clearly(mount) -> None:
         _assert_lock_refused([])
         return
     m = mount(["lock_memory=1"])
-    locked = int(_status_field(m.pids[-1], "VmLck").split()[0])
-    rss = int(_status_field(m.pids[-1], "VmRSS").split()[0])
+    locked = int(status_field(m.pids[-1], "VmLck").split()[0])
+    rss = int(status_field(m.pids[-1], "VmRSS").split()[0])
     assert locked >= rss > 0, f"VmLck {locked} kB, VmRSS {rss} kB"
 
 
 def test_default_mount_locks_nothing(daemon: int) -> None:
     """Control for the test above: VmLck comes from lock_memory, not from the environment."""
-    assert _status_field(daemon, "VmLck") == "0 kB"
+    assert status_field(daemon, "VmLck") == "0 kB"
 
 
 def _assert_lock_refused(prefix: list[str], tmp: Path | None = None) -> None:

@@ -5,7 +5,7 @@ the volatile tier's small files, Python objects too big for its own
 allocator). Freed memory stays in the process unless it happens to lie at
 the top of a heap, so after a burst the daemon's RSS stays where the burst
 left it: 168 MB after a source tree of 10 000 small files was written to the
-volatile tier and removed again, against 56 MB before (docs/PERFORMANCE.md,
+volatile tier and removed again, against 74 MB before (docs/PERFORMANCE.md,
 twenty-fifth round). ``malloc_trim(0)`` returns every free page of every
 arena; called at a quiet moment, it costs the next burst a few page faults.
 
