@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import errno
+import importlib.machinery
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+import types
 from typing import Any, Callable, Coroutine, Iterator
 
 import pytest
@@ -16,6 +19,20 @@ from tailsfs.fuse.ops import TailsOperations
 from tailsfs.store.engine import Store
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(file_name: str) -> types.ModuleType:
+    """Import ``scripts/<file_name>`` (no .py suffix), once, so a test and the script share their code."""
+    name = file_name.replace("-", "_")
+    if name in sys.modules:
+        return sys.modules[name]
+    loader = importlib.machinery.SourceFileLoader(name, str(REPO / "scripts" / file_name))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the script runs
+    loader.exec_module(module)
+    return module
 CLI = REPO / ".venv" / "bin" / "tailsfs"
 MOUNT_WAIT = 10.0
 

@@ -1,24 +1,13 @@
 """scripts/handoffs: the times between FUSE events, read from the kernel's trace format."""
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "handoffs"
+from conftest import load_script
 
-
-def _load():
-    loader = importlib.machinery.SourceFileLoader("handoffs", str(SCRIPT))
-    spec = importlib.util.spec_from_loader("handoffs", loader)
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
-
-
-handoffs = _load()
+handoffs = load_script("handoffs")
 
 
 def _send(t: float, conn: int, req: int, code: int, op: str) -> str:

@@ -6,38 +6,19 @@ briefly on the fixtures' mounts, plus in-process regressions for what the load u
 from __future__ import annotations
 
 import errno
-import importlib.machinery
-import importlib.util
 import os
-import sys
-import types
 from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import pytest
 
-from conftest import REPO, OpContext, daemon_pid, run_op, session
+from conftest import OpContext, daemon_pid, load_script, run_op, session
 from tailsfs.fuse.inodes import TIER_INODES
 from tailsfs.fuse.ops import TailsOperations
 from tailsfs.store.tiers import MemoryTier
 
-
-def _load_campaign() -> types.ModuleType:
-    """Import scripts/campaign-load (no .py suffix) so the test and the campaign share one workload."""
-    name = "campaign_load"
-    if name in sys.modules:
-        return sys.modules[name]
-    loader = importlib.machinery.SourceFileLoader(name, str(REPO / "scripts" / "campaign-load"))
-    spec = importlib.util.spec_from_loader(name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    loader.exec_module(module)
-    return module
-
-
-campaign = _load_campaign()
+campaign = load_script("campaign-load")
 
 WORK_SECONDS = 8
 PROCESSES = 16
