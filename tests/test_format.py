@@ -222,6 +222,36 @@ def test_incompressible_chunk_stored_uncompressed(tmp_path, wrap):
     assert read_all(path, wrap) == data
 
 
+def _compressed_flags(path: Path, count: int) -> list[bool]:
+    raw = path.read_bytes()
+    slot = LEN_SIZE + OVERHEAD + 64 * 1024
+    return [bool(struct.unpack_from(">I", raw, HEADER_SIZE + i * slot)[0] & 0x8000_0000) for i in range(count)]
+
+
+def test_a_chunk_whose_head_does_not_shrink_is_stored_as_it_is(tmp_path, wrap):
+    """zstd level 3 is tried only on chunks whose first 4 KiB shrink at level 1 (memfile.PROBE_BYTES).
+
+    The price, chosen: a chunk that starts random and ends compressible is stored uncompressed.
+    """
+    chunk = 64 * 1024
+    head_random = random_bytes(4096, 3) + bytes(chunk - 4096)
+    head_zeros = bytes(4096) + random_bytes(chunk - 8192, 4) + bytes(4096)
+    path = tmp_path / "f"
+    write_file(path, wrap, *ZSTD, head_random + head_zeros)
+    assert _compressed_flags(path, 2) == [False, True]
+    assert read_all(path, wrap) == head_random + head_zeros
+
+
+def test_model_weights_pass_the_probe(tmp_path, wrap):
+    """float32 weights look random in their low bytes but compress by their exponents: still compressed."""
+    rng = random.Random(5)
+    weights = struct.pack("<16384f", *(rng.gauss(0, 0.02) for _ in range(16384)))
+    path = tmp_path / "w"
+    write_file(path, wrap, *ZSTD, weights)
+    assert _compressed_flags(path, 1) == [True]
+    assert read_all(path, wrap) == weights
+
+
 def test_wrong_wrap_key_and_wrong_tier(tmp_path, wrap):
     path = tmp_path / "f"
     write_file(path, wrap, *RAW, b"hello")

@@ -35,6 +35,10 @@ _LEN = struct.Struct(">I")
 _COMPRESSED = 0x8000_0000
 _AD = struct.Struct(">16sQI")
 _ZEROS = bytes(1 << 20)
+# A chunk is offered to zstd (level 3) only if its first PROBE_BYTES shrink at zstd's fastest level:
+# on incompressible bytes (random, encrypted, already compressed) level 3 spends about 25 µs per
+# 64 KiB chunk finding out, the probe about 5 (docs/PERFORMANCE.md, twenty-sixth round).
+PROBE_BYTES = 4096
 _local = threading.local()
 
 
@@ -64,6 +68,7 @@ class EncryptedFile:
         self.compress = header.codec == CODEC_ZSTD
         self.meta_dirty = False
         self._zc: zstandard.ZstdCompressor | None = None
+        self._zprobe: zstandard.ZstdCompressor | None = None
         self._zd: zstandard.ZstdDecompressor | None = None
 
     # -- life cycle -------------------------------------------------------
@@ -118,7 +123,7 @@ class EncryptedFile:
         """Lay chunk ``index`` out as a slot at ``out[pos:]``; return the end of what was written."""
         flag = 0
         payload: bytes | bytearray | memoryview = plain
-        if self.compress:
+        if self.compress and self._may_shrink(plain):
             if self._zc is None:
                 self._zc = zstandard.ZstdCompressor(level=3)
             packed = self._zc.compress(plain)
@@ -133,6 +138,20 @@ class EncryptedFile:
         ad = _AD.pack(self.header.file_id, index, lenword)
         self.header.content.seal_to(payload, ad, nonce, out[body + NONCE_SIZE : end])
         return end
+
+    def _may_shrink(self, plain: bytes | bytearray | memoryview) -> bool:
+        """Whether ``plain`` is worth a full compression: its first bytes shrink at zstd's level 1.
+
+        A chunk that starts incompressible and turns compressible later is stored as it is:
+        some archive space given up so that already compressed, encrypted or random data
+        does not cost a full compression attempt per chunk. (Model weights pass the probe:
+        their exponent bytes repeat.)
+        """
+        if len(plain) <= 2 * PROBE_BYTES:
+            return True
+        if self._zprobe is None:
+            self._zprobe = zstandard.ZstdCompressor(level=1)
+        return len(self._zprobe.compress(memoryview(plain)[:PROBE_BYTES])) < PROBE_BYTES
 
     def _parse(self, buf: memoryview, pos: int, index: int) -> tuple[int, bool, memoryview, bytes]:
         """Locate chunk ``index``'s slot in ``buf``: (payload length, compressed, box, ad)."""
