@@ -9,8 +9,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 import types
+from pathlib import Path
 from typing import Any, Callable, Coroutine, Iterator
 
 import pytest
@@ -19,6 +19,8 @@ from tailsfs.fuse.ops import TailsOperations
 from tailsfs.store.engine import Store
 
 REPO = Path(__file__).resolve().parent.parent
+CLI = REPO / ".venv" / "bin" / "tailsfs"
+MOUNT_WAIT = 10.0
 
 
 def load_script(file_name: str) -> types.ModuleType:
@@ -33,8 +35,6 @@ def load_script(file_name: str) -> types.ModuleType:
     sys.modules[name] = module  # dataclasses look their module up while the script runs
     loader.exec_module(module)
     return module
-CLI = REPO / ".venv" / "bin" / "tailsfs"
-MOUNT_WAIT = 10.0
 
 
 def _cli_has_mount() -> bool:

@@ -224,7 +224,7 @@ def test_incompressible_chunk_stored_uncompressed(tmp_path, wrap):
 
 def _compressed_flags(path: Path, count: int) -> list[bool]:
     raw = path.read_bytes()
-    slot = LEN_SIZE + OVERHEAD + 64 * 1024
+    slot = LEN_SIZE + OVERHEAD + ZSTD[1]
     return [bool(struct.unpack_from(">I", raw, HEADER_SIZE + i * slot)[0] & 0x8000_0000) for i in range(count)]
 
 
@@ -233,7 +233,7 @@ def test_a_chunk_whose_head_does_not_shrink_is_stored_as_it_is(tmp_path, wrap):
 
     The price, chosen: a chunk that starts random and ends compressible is stored uncompressed.
     """
-    chunk = 64 * 1024
+    chunk = ZSTD[1]
     head_random = random_bytes(4096, 3) + bytes(chunk - 4096)
     head_zeros = bytes(4096) + random_bytes(chunk - 8192, 4) + bytes(4096)
     path = tmp_path / "f"
