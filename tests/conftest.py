@@ -11,10 +11,11 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any, Callable, Coroutine, Iterator
+from typing import Callable, Iterator
 
 import pytest
 
+from tailsfs.fuse.inprocess import RequestContext, call
 from tailsfs.fuse.ops import TailsOperations
 from tailsfs.store.engine import Store
 
@@ -319,19 +320,8 @@ def expect_errno(code: int, fn, *args, **kwargs) -> OSError:
 
 
 # -- the FUSE operations driven in-process ------------------------------------------------------------
-class OpContext:
-    """The fields of a pyfuse3 RequestContext the operations read."""
-
-    uid, gid, umask, pid = os.getuid(), os.getgid(), 0o022, os.getpid()
-
-
-def run_op(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run one operation handler to completion (they never await: the _guard wrapper is synchronous)."""
-    try:
-        coro.send(None)
-    except StopIteration as stop:
-        return stop.value
-    raise AssertionError("the handler suspended")
+OpContext = RequestContext
+run_op = call
 
 
 @pytest.fixture
