@@ -16,10 +16,16 @@ def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subpr
                           capture_output=True, text=True, timeout=240, env=env)
 
 
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/mounts") as fh:
+        return [line.split()[1] for line in fh if line.split()[1].startswith(str(path))]
+
+
 def test_both_sides_are_measured_and_compared(tmp_path: Path) -> None:
-    done = _run(tmp_path, "--files", "30", "--rounds", "2")
+    done = _run(tmp_path, "--files", "30", "--rounds", "2", "--requests", "200")
     assert done.returncode == 0, done.stderr
-    lines = done.stdout.splitlines()
+    handlers, requests = done.stdout.split("\n\n")
+    lines = handlers.splitlines()
     phases = ["create", "read"] + (["cold", "read"] if os.geteuid() == 0 else [])
     assert lines[0].split()[3:] == phases  # "µs per file" then the phases
     labels = [" ".join(ln.split()[:2]) for ln in lines[1:]]
@@ -29,7 +35,22 @@ def test_both_sides_are_measured_and_compared(tmp_path: Path) -> None:
         values = [float(v) for v in ln.split()[2:]]
         assert len(values) == (3 if os.geteuid() == 0 else 2) and all(v > 0 for v in values)
     assert all(v.endswith("×") and float(v[:-1]) > 0 for v in lines[-1].split()[3:])
-    assert not list(tmp_path.iterdir())  # its work directory is gone
+    rows = requests.splitlines()
+    assert rows[0].split()[-3:] == ["r0", "r1", "median"]
+    assert rows[1].startswith("libfuse, one thread") and rows[2].startswith("tailsfs ")
+    for row in rows[1:3]:
+        assert all(float(v) > 0 for v in row.split()[-3:])
+    assert rows[3].startswith("tailsfs / libfuse") and float(rows[3].split()[-1].rstrip("×")) > 0
+    assert not _mounts_under(tmp_path)  # both mounts are gone
+    assert not list(tmp_path.iterdir())  # and so is the work directory
+
+
+def test_the_requests_report_gives_each_daemons_median_and_the_ratio() -> None:
+    text = floor.request_report({floor.LIBFUSE: [20.0, 18.0, 22.0], floor.TAILSFS: [25.0, 30.0, 20.0]})
+    lines = text.splitlines()
+    assert lines[1].split()[-4:] == ["20.0", "18.0", "22.0", "20.0"]
+    assert lines[2].split()[-4:] == ["25.0", "30.0", "20.0", "25.0"]
+    assert lines[3].split()[-1] == "1.25×"
 
 
 def test_the_report_takes_medians_per_side_and_their_ratio() -> None:
@@ -58,5 +79,6 @@ def test_no_compiler_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_bad_counts_are_refused(tmp_path: Path) -> None:
-    done = _run(tmp_path, "--files", "0")
-    assert done.returncode == 2 and "must be positive" in done.stderr
+    for option in ("--files", "--rounds", "--requests"):
+        done = _run(tmp_path, option, "0")
+        assert done.returncode == 2 and "must be positive" in done.stderr

@@ -8,7 +8,7 @@
  *           chunk for the kernel's page cache), RELEASE.
  * No FUSE: what a request's round trip adds is measured separately (scripts/handoffs).
  *
- * Build: cc -O2 -o floor scripts/floor.c -lcrypto   (Debian: gcc, libssl-dev); scripts/floor builds it itself
+ * Build: cc -O2 -o floor scripts/floor-handlers.c -lcrypto   (Debian: gcc, libssl-dev); scripts/floor builds it itself
  * Run:   ./floor DIR [FILES [ROUNDS]]                   (DIR: an empty directory on the disk to measure)
  * Prints one line per round: µs per file for create, for a warm read and, as root, a cold read.
  */
