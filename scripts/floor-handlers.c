@@ -232,9 +232,12 @@ int main(int argc, char **argv) {
     snprintf(sess, sizeof sess, "%s/session", argv[1]);
     snprintf(spares, sizeof spares, "%s/spare", argv[1]);
     if ((mkdir(sess, 0755) && errno != EEXIST) || (mkdir(spares, 0755) && errno != EEXIST)) die(argv[1]);
-    unsigned char *keys[] = {wrap_key, dirmeta_key, details_key, mac_key, dir_id};
-    for (int i = 0; i < 5; i++) getrandom(keys[i], 32 - (keys[i] == dir_id) * 16, 0);
-    getrandom(siv_key, 64, 0);
+    getrandom(wrap_key, sizeof wrap_key, 0);
+    getrandom(dirmeta_key, sizeof dirmeta_key, 0);
+    getrandom(details_key, sizeof details_key, 0);
+    getrandom(mac_key, sizeof mac_key, 0);
+    getrandom(siv_key, sizeof siv_key, 0);
+    getrandom(dir_id, sizeof dir_id, 0);
     wrap_enc = gcm(wrap_key, 1); wrap_dec = gcm(wrap_key, 0);
     tag_enc = gcm(dirmeta_key, 1); details_enc = gcm(details_key, 1);
     if (!(siv = EVP_CIPHER_fetch(NULL, "AES-256-SIV", NULL))) die("AES-256-SIV");

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, load_script
 
 floor = load_script("floor")
@@ -82,3 +84,10 @@ def test_bad_counts_are_refused(tmp_path: Path) -> None:
     for option in ("--files", "--rounds", "--requests"):
         done = _run(tmp_path, option, "0")
         assert done.returncode == 2 and "must be positive" in done.stderr
+
+
+def test_a_daemon_that_exits_before_mounting_is_named_at_once(tmp_path: Path) -> None:
+    daemon = subprocess.Popen(["sh", "-c", "echo 'fuse: device not found' >&2; exit 1"], stderr=subprocess.PIPE)
+    with pytest.raises(SystemExit) as info:
+        floor.wait_mounted(tmp_path / "mp", "the C daemon", daemon)  # would otherwise wait MOUNT_WAIT
+    assert str(info.value) == f"floor: the C daemon exited before mounting at {tmp_path / 'mp'}: fuse: device not found"
