@@ -24,6 +24,8 @@ from typing import Callable
 
 import pytest
 
+from tailsfs.format.backing import FLUSH_AHEAD
+
 from conftest import CLI, Mount, ctl_request, drop_caches, expect_errno, session
 
 FAULTS_ENV = {"TAILSFS_TEST_FAULTS": "1"}
@@ -276,6 +278,29 @@ def test_sync_fault_answers_eio_once(mount):
         assert fresh_read(f) == new, f"{tier}: the writes reached the disk; only the flush to stable storage failed"
         assert_serving(m)
     assert "fsync: I/O error from the store's disk" in m.log
+    assert io_error_operations(m).count("fsync") == len(DISK_TIERS)
+    assert_fsck_clean(m)
+
+
+def test_a_failed_background_flush_fails_the_next_fsync(mount):
+    """A large write is flushed in the background as it goes (FLUSH_AHEAD); its failure is the fsync's EIO."""
+    m = mount(env=FAULTS_ENV)
+    big = FLUSH_AHEAD + (16 << 20)
+    for tier in DISK_TIERS:
+        f = session(m, tier) / "big.bin"
+        write_file(f, b"")
+        arm(f, "sync", errno.EIO, 1)  # the first sync the daemon makes: the background one
+        data = os.urandom(big)
+        fd = os.open(f, os.O_WRONLY)
+        try:
+            for off in range(0, big, 1 << 20):
+                os.pwrite(fd, data[off:off + (1 << 20)], off)
+            expect_errno(errno.EIO, os.fsync, fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        assert fresh_read(f) == data, f"{tier}: only the flush failed; the bytes reached the disk"
+        assert_serving(m)
     assert io_error_operations(m).count("fsync") == len(DISK_TIERS)
     assert_fsck_clean(m)
 

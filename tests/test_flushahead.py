@@ -1,0 +1,131 @@
+"""Background flushes of large writes (format/backing.py, FdBacking._flush_ahead).
+
+Every FLUSH_AHEAD bytes written, a thread makes the file durable with ``fdatasync`` while the
+writer goes on, so that the caller's fsync waits only for what came after. What must hold:
+small files never start one; the caller's ``sync`` waits for it and reports its error (once,
+as the kernel does); ``close`` never closes the descriptor under it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from tailsfs.format import backing
+from tailsfs.format.backing import FdBacking
+
+STEP = 64 * 1024  # FLUSH_AHEAD for these tests
+
+
+class _Fdatasync:
+    """Records which threads called ``os.fdatasync``; can hold them or make them fail."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: int | None = None) -> None:
+        self.real = os.fdatasync
+        self.threads: list[str] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.entered = threading.Event()
+        self.fail = fail
+        monkeypatch.setattr(backing.os, "fdatasync", self)
+
+    def __call__(self, fd: int) -> None:
+        self.threads.append(threading.current_thread().name)
+        self.entered.set()
+        self.release.wait(10)
+        if self.fail is not None and threading.current_thread() is not threading.main_thread():
+            raise OSError(self.fail, os.strerror(self.fail))
+        self.real(fd)
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(backing, "FLUSH_AHEAD", STEP)
+    fd = os.open(tmp_path / "host", os.O_RDWR | os.O_CREAT, 0o600)
+    b = FdBacking(fd)
+    yield b
+    b.close()
+
+
+def _write(b: FdBacking, total: int, piece: int = 16 * 1024) -> bytes:
+    data = os.urandom(total)
+    for off in range(0, total, piece):
+        b.pwrite(data[off:off + piece], off)
+    return data
+
+
+def test_small_writes_start_no_flush(host, monkeypatch):
+    calls = _Fdatasync(monkeypatch)
+    _write(host, STEP - 1)
+    host.sync(data_only=True)
+    assert calls.threads == ["MainThread"], "only the caller's own sync"
+
+
+def test_each_step_written_is_flushed_in_the_background(host, monkeypatch):
+    calls = _Fdatasync(monkeypatch)
+    data = _write(host, STEP)
+    assert calls.entered.wait(5), "a flush started once FLUSH_AHEAD bytes were written"
+    host.sync(data_only=True)
+    assert calls.threads == ["tailsfs-flush", "MainThread"]
+    assert os.pread(host.fd, len(data) + 1, 0) == data
+
+
+def test_one_flush_at_a_time(host, monkeypatch):
+    calls = _Fdatasync(monkeypatch)
+    calls.release.clear()
+    _write(host, 3 * STEP)
+    assert calls.entered.wait(5)
+    assert calls.threads == ["tailsfs-flush"], "no second flush while the first is running"
+    calls.release.set()
+    host.sync()
+    _write(host, STEP)
+    host.sync(data_only=True)
+    assert calls.threads == ["tailsfs-flush", "tailsfs-flush", "MainThread"]
+
+
+def test_sync_waits_for_the_background_flush(host, monkeypatch):
+    calls = _Fdatasync(monkeypatch)
+    calls.release.clear()
+    _write(host, STEP)
+    assert calls.entered.wait(5)
+    done = threading.Event()
+    syncer = threading.Thread(target=lambda: (host.sync(data_only=True), done.set()))
+    syncer.start()
+    assert not done.wait(0.3), "sync returned while the background flush was still running"
+    calls.release.set()
+    syncer.join(10)
+    assert done.is_set()
+
+
+def test_a_background_flush_error_is_raised_by_the_next_sync_once(host, monkeypatch):
+    calls = _Fdatasync(monkeypatch, fail=errno.EIO)
+    _write(host, STEP)
+    with pytest.raises(OSError) as info:
+        host.sync(data_only=True)
+    assert info.value.errno == errno.EIO
+    host.sync(data_only=True)  # reported once, as the kernel reports a writeback error once
+    assert calls.threads == ["tailsfs-flush", "MainThread"]
+
+
+def test_close_waits_for_the_flush_and_logs_its_error(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(backing, "FLUSH_AHEAD", STEP)
+    calls = _Fdatasync(monkeypatch, fail=errno.EIO)
+    calls.release.clear()
+    fd = os.open(tmp_path / "host", os.O_RDWR | os.O_CREAT, 0o600)
+    b = FdBacking(fd)
+    _write(b, STEP)
+    assert calls.entered.wait(5)
+    closer = threading.Thread(target=b.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive() and b.fd == fd, "the descriptor was closed under a running flush"
+    os.fstat(fd)  # still open
+    calls.release.set()
+    closer.join(10)
+    assert b.fd == -1
+    with pytest.raises(OSError):
+        os.fstat(fd)
+    assert "background flush of a closed file failed: Input/output error" in caplog.text
