@@ -26,6 +26,7 @@ class _Fdatasync:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: int | None = None) -> None:
         self.real = os.fdatasync
         self.threads: list[str] = []
+        self.fds: list[int] = []
         self.release = threading.Event()
         self.release.set()
         self.entered = threading.Event()
@@ -34,6 +35,7 @@ class _Fdatasync:
 
     def __call__(self, fd: int) -> None:
         self.threads.append(threading.current_thread().name)
+        self.fds.append(fd)
         self.entered.set()
         self.release.wait(10)
         if self.fail is not None and threading.current_thread() is not threading.main_thread():
@@ -129,3 +131,27 @@ def test_close_waits_for_the_flush_and_logs_its_error(tmp_path, monkeypatch, cap
     with pytest.raises(OSError):
         os.fstat(fd)
     assert "background flush of a closed file failed: Input/output error" in caplog.text
+
+
+def test_the_flush_has_a_descriptor_of_its_own(tmp_path, monkeypatch):
+    """Code that closes the host descriptor itself (an error path) cannot pull the file from under the flush."""
+    monkeypatch.setattr(backing, "FLUSH_AHEAD", STEP)
+    calls = _Fdatasync(monkeypatch)
+    calls.release.clear()
+    fd = os.open(tmp_path / "host", os.O_RDWR | os.O_CREAT, 0o600)
+    b = FdBacking(fd)
+    data = _write(b, STEP)
+    assert calls.entered.wait(5)
+    (flush_fd,) = calls.fds
+    assert flush_fd != fd and os.path.samestat(os.fstat(flush_fd), os.fstat(fd))
+    os.close(fd)  # as an error path that never calls b.close() does
+    other = os.open(tmp_path / "other", os.O_RDWR | os.O_CREAT, 0o600)  # may get fd's number
+    try:
+        calls.release.set()
+        b._wait_for_flusher()
+        assert b._flush_error is None
+        with pytest.raises(OSError):
+            os.fstat(flush_fd)  # the flush closed its own descriptor
+        assert (tmp_path / "host").read_bytes() == data
+    finally:
+        os.close(other)

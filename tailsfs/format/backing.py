@@ -188,16 +188,23 @@ class FdBacking:
         so this thread must not swallow it.
         """
         self._unflushed = 0
-        self._flusher = threading.Thread(target=self._background_flush, name="tailsfs-flush", daemon=True)
+        # On a descriptor of its own (same open file, same write-back errors): code that closes
+        # the caller's descriptor without close() cannot pull the file from under the flush, nor
+        # hand its number to another file.
+        fd = os.dup(self.fd)
+        self._flusher = threading.Thread(target=self._background_flush, args=(fd,), name="tailsfs-flush",
+                                         daemon=True)
         self._flusher.start()
 
-    def _background_flush(self) -> None:
+    def _background_flush(self, fd: int) -> None:
         try:
             if FAULTS.armed:
                 FAULTS.check("sync")
-            os.fdatasync(self.fd)
+            os.fdatasync(fd)
         except OSError as exc:
             self._flush_error = exc
+        finally:
+            os.close(fd)
 
     def _wait_for_flusher(self) -> None:
         if self._flusher is not None:
@@ -224,7 +231,7 @@ class FdBacking:
         (os.fdatasync if data_only else os.fsync)(self.fd)
 
     def close(self) -> None:
-        """Close the descriptor once a background flush on it has returned (its number could be reused)."""
+        """Close the descriptor once a background flush has returned, so that its error is not lost."""
         if self.fd >= 0:
             self._wait_for_flusher()
             if self._flush_error is not None:  # no sync came after it to report it: the log is all there is
