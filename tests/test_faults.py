@@ -102,6 +102,17 @@ def verdict(got: bytes, old: bytes, new: bytes) -> str:
 
 
 # -- reads ---------------------------------------------------------------------------------------------
+def fsync_fails_once(path: Path, write: Callable[[int], object]) -> None:
+    """``write`` on an open descriptor of ``path``; then the fsync answers EIO and the next one succeeds."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        write(fd)
+        expect_errno(errno.EIO, os.fsync, fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def read_after_last_fault(read: Callable[[], bytes], attempts: int = 5) -> bytes:
     """With one failure still armed, read until the data comes; every failure on the way must be EIO.
 
@@ -267,14 +278,12 @@ def test_sync_fault_answers_eio_once(mount):
         old = os.urandom(50_000)
         write_file(f, old)
         new = patched(old, 20_000, b"S" * 10_000)
-        fd = os.open(f, os.O_RDWR)
-        try:
+
+        def patch_then_arm(fd: int) -> None:
             os.pwrite(fd, b"S" * 10_000, 20_000)
             arm(f, "sync", errno.EIO, 1)
-            expect_errno(errno.EIO, os.fsync, fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+        fsync_fails_once(f, patch_then_arm)
         assert fresh_read(f) == new, f"{tier}: the writes reached the disk; only the flush to stable storage failed"
         assert_serving(m)
     assert "fsync: I/O error from the store's disk" in m.log
@@ -291,14 +300,12 @@ def test_a_failed_background_flush_fails_the_next_fsync(mount):
         write_file(f, b"")
         arm(f, "sync", errno.EIO, 1)  # the first sync the daemon makes: the background one
         data = os.urandom(big)
-        fd = os.open(f, os.O_WRONLY)
-        try:
+
+        def write_in_mib(fd: int) -> None:
             for off in range(0, big, 1 << 20):
                 os.pwrite(fd, data[off:off + (1 << 20)], off)
-            expect_errno(errno.EIO, os.fsync, fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+        fsync_fails_once(f, write_in_mib)
         assert fresh_read(f) == data, f"{tier}: only the flush failed; the bytes reached the disk"
         assert_serving(m)
     assert io_error_operations(m).count("fsync") == len(DISK_TIERS)
