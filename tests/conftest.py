@@ -67,6 +67,13 @@ def is_mounted(mp: Path) -> bool:
     return False
 
 
+def mounts_under(root: Path) -> list[str]:
+    """Mountpoints at ``root`` or below it."""
+    with open("/proc/mounts") as fh:
+        points = [line.split()[1] for line in fh if len(line.split()) > 1]
+    return [p for p in points if p == str(root) or p.startswith(str(root) + "/")]
+
+
 def ctl_request(mp: Path, request: dict) -> dict:
     """Write a JSON request to the control file and read the JSON answer back."""
     fd = os.open(Path(mp) / ".tailsfs.ctl", os.O_RDWR)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import load_script
+from conftest import load_script, mounts_under
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "scripts" / "bench"
@@ -59,12 +59,6 @@ def _ctrl_c_ends_it() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _mounts_under(root: Path) -> list[str]:
-    with open("/proc/mounts") as fh:
-        points = [line.split()[1] for line in fh if len(line.split()) > 1]
-    return [p for p in points if p == str(root) or p.startswith(str(root) + "/")]
-
-
 def _runs_by(report: dict) -> dict[tuple[str, str], dict]:
     return {(r["job"], r["target"]): r for r in report["runs"]}
 
@@ -83,7 +77,7 @@ def quick_report(tmp_path_factory) -> dict:
                            "--dir", str(work)], capture_output=True, text=True, timeout=1800,
                           stdin=subprocess.DEVNULL, cwd=str(REPO))
     assert proc.returncode == 0, f"bench failed rc={proc.returncode}\n{proc.stderr[-4000:]}"
-    assert not _mounts_under(work), f"bench left mounts behind: {_mounts_under(work)}"
+    assert not mounts_under(work), f"bench left mounts behind: {mounts_under(work)}"
     assert not list(work.iterdir()), "bench left its work directory behind"
     report = json.loads(out.read_text())
     report["_markdown"] = md.read_text()
@@ -177,7 +171,7 @@ def test_interrupt_unmounts_everything(tmp_path: Path) -> None:
                             preexec_fn=_ctrl_c_ends_it)
     try:
         deadline = time.monotonic() + 300
-        while len(_mounts_under(work)) < 3 and proc.poll() is None:
+        while len(mounts_under(work)) < 3 and proc.poll() is None:
             assert time.monotonic() < deadline, "the three mounts never appeared"
             time.sleep(0.05)
         assert proc.poll() is None, f"bench ended before it could be interrupted: {proc.stderr.read()[-2000:]}"
@@ -188,5 +182,5 @@ def test_interrupt_unmounts_everything(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err[-2000:]
-    assert not _mounts_under(work), f"mounts left after Ctrl-C: {_mounts_under(work)}"
+    assert not mounts_under(work), f"mounts left after Ctrl-C: {mounts_under(work)}"
     assert not list(work.iterdir()), "work directory left after Ctrl-C"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, load_script
+from conftest import REPO, load_script, mounts_under
 
 floor = load_script("floor")
 
@@ -16,11 +16,6 @@ floor = load_script("floor")
 def _run(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(REPO / "scripts" / "floor"), "--dir", str(tmp_path), *args],
                           capture_output=True, text=True, timeout=240, env=env)
-
-
-def _mounts_under(path: Path) -> list[str]:
-    with open("/proc/mounts") as fh:
-        return [line.split()[1] for line in fh if line.split()[1].startswith(str(path))]
 
 
 def test_both_sides_are_measured_and_compared(tmp_path: Path) -> None:
@@ -43,7 +38,7 @@ def test_both_sides_are_measured_and_compared(tmp_path: Path) -> None:
     for row in rows[1:3]:
         assert all(float(v) > 0 for v in row.split()[-3:])
     assert rows[3].startswith("tailsfs / libfuse") and float(rows[3].split()[-1].rstrip("×")) > 0
-    assert not _mounts_under(tmp_path)  # both mounts are gone
+    assert not mounts_under(tmp_path)  # both mounts are gone
     assert not list(tmp_path.iterdir())  # and so is the work directory
 
 

@@ -52,6 +52,13 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     b.close()
 
 
+def _failing(exc: BaseException):
+    """A stand-in that raises ``exc`` whatever it is called with."""
+    def fail(*_args: object) -> None:
+        raise exc
+    return fail
+
+
 def _write(b: FdBacking, total: int, piece: int = 16 * 1024) -> bytes:
     data = os.urandom(total)
     for off in range(0, total, piece):
@@ -155,3 +162,19 @@ def test_the_flush_has_a_descriptor_of_its_own(tmp_path, monkeypatch):
         assert (tmp_path / "host").read_bytes() == data
     finally:
         os.close(other)
+
+
+@pytest.mark.parametrize("shortage", ["descriptor", "thread"])
+def test_without_a_descriptor_or_a_thread_to_spare_the_write_stands(host, monkeypatch, shortage):
+    """The flush is best effort: a write that cannot start one still succeeds, and fsync does the work."""
+    calls = _Fdatasync(monkeypatch)
+    if shortage == "descriptor":
+        monkeypatch.setattr(backing.os, "dup", _failing(OSError(errno.EMFILE, os.strerror(errno.EMFILE))))
+    else:
+        monkeypatch.setattr(backing.threading.Thread, "start", _failing(RuntimeError("can't start new thread")))
+    before = len(os.listdir("/proc/self/fd"))
+    data = _write(host, 2 * STEP)
+    assert len(os.listdir("/proc/self/fd")) == before, "no descriptor left behind"
+    host.sync(data_only=True)
+    assert calls.threads == ["MainThread"]
+    assert os.pread(host.fd, len(data) + 1, 0) == data

@@ -177,7 +177,7 @@ class FdBacking:
     def _flush_ahead(self) -> None:
         """Make what was written so far durable on a thread of its own, while the writer goes on.
 
-        A disk with a volatile write cache (a VM's virtual disk, most SSDs) is told to empty it
+        A disk with a volatile write cache (a VM's virtual disk, many SSDs) is told to empty it
         only by a flush, and a flush takes as long as what it has to write: on the benchmark's
         VM an fsync after 1 GiB waited about 1.1 s for it, even with every byte already sent to
         the disk (docs/PERFORMANCE.md, twenty-eighth round). Flushed 64 MiB at a time in the
@@ -190,11 +190,19 @@ class FdBacking:
         self._unflushed = 0
         # On a descriptor of its own (same open file, same write-back errors): code that closes
         # the caller's descriptor without close() cannot pull the file from under the flush, nor
-        # hand its number to another file.
-        fd = os.dup(self.fd)
-        self._flusher = threading.Thread(target=self._background_flush, args=(fd,), name="tailsfs-flush",
-                                         daemon=True)
-        self._flusher.start()
+        # hand its number to another file. Best effort: without a descriptor or a thread to spare,
+        # the write stands and the caller's fsync does the work.
+        try:
+            fd = os.dup(self.fd)
+        except OSError:
+            return
+        flusher = threading.Thread(target=self._background_flush, args=(fd,), name="tailsfs-flush", daemon=True)
+        try:
+            flusher.start()
+        except RuntimeError:
+            os.close(fd)
+            return
+        self._flusher = flusher
 
     def _background_flush(self, fd: int) -> None:
         try:
