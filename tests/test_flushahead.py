@@ -119,12 +119,10 @@ def test_a_background_flush_error_is_raised_by_the_next_sync_once(host, monkeypa
     assert calls.threads == ["tailsfs-flush", "MainThread"]
 
 
-def test_close_waits_for_the_flush_and_logs_its_error(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(backing, "FLUSH_AHEAD", STEP)
+def test_close_waits_for_the_flush_and_logs_its_error(host, monkeypatch, caplog):
     calls = _Fdatasync(monkeypatch, fail=errno.EIO)
     calls.release.clear()
-    fd = os.open(tmp_path / "host", os.O_RDWR | os.O_CREAT, 0o600)
-    b = FdBacking(fd)
+    b, fd = host, host.fd
     _write(b, STEP)
     assert calls.entered.wait(5)
     closer = threading.Thread(target=b.close)
@@ -178,3 +176,21 @@ def test_without_a_descriptor_or_a_thread_to_spare_the_write_stands(host, monkey
     host.sync(data_only=True)
     assert calls.threads == ["MainThread"]
     assert os.pread(host.fd, len(data) + 1, 0) == data
+
+
+def test_no_writeback_kick_while_a_flush_runs(host, monkeypatch):
+    """The flush writes the file out already, and a kick would wait for it; the first write after it kicks."""
+    monkeypatch.setattr(backing, "WRITEBACK_KICK", STEP // 4)
+    kicks: list[int] = []
+    monkeypatch.setattr(backing, "_sync_file_range", lambda fd, *_: kicks.append(fd))
+    calls = _Fdatasync(monkeypatch)
+    calls.release.clear()
+    _write(host, STEP)  # a kick every quarter step, the last one just before the flush starts
+    assert calls.entered.wait(5)
+    assert len(kicks) == 4
+    _write(host, STEP // 2)
+    assert len(kicks) == 4, "kicked while the background flush was running"
+    calls.release.set()
+    host._wait_for_flusher()
+    _write(host, 1024)
+    assert kicks == [host.fd] * 5, "the first write after the flush kicks"

@@ -137,7 +137,10 @@ class FdBacking:
 
         Left alone, the kernel holds gigabytes dirty and the whole checkpoint
         goes to disk inside the final fsync; started early, the disk works
-        while the next chunks are encrypted.
+        while the next chunks are encrypted. Not while a background flush
+        runs: its ``fdatasync`` is writing the file out already, and a kick
+        would wait for it on the request thread (docs/PERFORMANCE.md,
+        twenty-ninth round). The first write after the flush kicks.
         """
         self._unkicked = 0
         if _sync_file_range is not None:
@@ -167,10 +170,11 @@ class FdBacking:
         while done < len(view):  # short writes happen near ENOSPC and on signals
             done += os.pwrite(self.fd, view[done:], offset + done)
         self._unkicked += done
-        if self._unkicked >= WRITEBACK_KICK:
+        flushing = self._flusher is not None and self._flusher.is_alive()
+        if self._unkicked >= WRITEBACK_KICK and not flushing:
             self._kick_writeback()
         self._unflushed += done
-        if self._unflushed >= FLUSH_AHEAD and (self._flusher is None or not self._flusher.is_alive()):
+        if self._unflushed >= FLUSH_AHEAD and not flushing:
             self._flush_ahead()
         return done
 
