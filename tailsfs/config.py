@@ -40,6 +40,7 @@ class MountConfig:
     log_file: str = ""
     poll_us: int = 200
     follow_client: str = "auto"  # yes, no, or auto: measured at mount (fuse/wakeprobe.py)
+    handle_killpriv: bool = True  # the daemon clears set-ID bits; no GETXATTR per write (fuse/killpriv.py)
 
     def store_config(self) -> StoreConfig:
         # poll_us is how long the daemon stays busy instead of sleeping: for the next request

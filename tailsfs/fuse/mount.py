@@ -9,6 +9,7 @@ the volatile tier and releases the store.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -29,6 +30,7 @@ from ..config import MountConfig, default_base, load_config, set_option
 from ..errors import IntegrityError, KeyFileError, StoreInUseError, TailsError, WrongKeyError
 from ..store.engine import Store
 from .follow import ClientFollower, ThreadScheduler, may_leave_idle
+from .killpriv import InitAmender
 from .ops import TailsOperations
 from .polling import RequestPoller
 from .tuning import set_readahead
@@ -211,11 +213,13 @@ def _serve(store: Store, ops: TailsOperations, cfg: MountConfig) -> int:
     follower, ops.wake_probe = _follower(cfg)
     ops.follower = follower
     poller = RequestPoller(cfg.poll_us / 1e6)
+    amender = InitAmender()
+    ops.killpriv_v2 = lambda: amender.enabled
     if follower is not None:
         poller.on_request, poller.on_park = follower.arrived, follower.parked
     code = exitcodes.OK
     try:
-        with poller.installed():
+        with poller.installed(), (amender.installed() if cfg.handle_killpriv else contextlib.nullcontext()):
             trio.run(main)
     except BaseException as exc:  # noqa: BLE001 - the store must be released whatever happened
         log.error("the FUSE loop stopped with %s\n%s", type(exc).__name__, _frames(exc))

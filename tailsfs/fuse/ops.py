@@ -46,6 +46,7 @@ XATTR_PREFIX = b"user."
 TTL_XATTR = b"user.tails.ttl"
 READONLY_XATTRS = (b"user.tails.tier", b"user.tails.expires_at", b"user.tails.created",
                    b"user.tails.memory_id", b"user.tails.access_count")
+CAPABILITY_XATTR = b"security.capability"
 TEST_FAULT_XATTR = b"user.tails.test.raise"
 TEST_IO_FAULT_XATTR = b"user.tails.test.fault"  # value "op:errno:count", e.g. "read:5:1"
 
@@ -143,6 +144,8 @@ class TailsOperations(pyfuse3.Operations):
         self.follower: ClientFollower | None = None  # set by the mount when replies follow the client's CPU
         self.wake_probe: float | None = None  # seconds, set by the mount when follow_client=auto measured
         self.trimmer = QuietTrimmer(TRIM_QUIET)  # the heap's free memory back to the kernel when quiet
+        self.killpriv_v2: Callable[[], bool] = lambda: False  # set by the mount: whether INIT announced it
+        self.capability_lookups = 0  # the kernel's GETXATTR security.capability: one per write(2) without it
 
     # -- helpers ----------------------------------------------------------------------
     def _tree(self, node: Node, create: bool = False):
@@ -512,6 +515,17 @@ class TailsOperations(pyfuse3.Operations):
             h.response = self._control(buf)
             h.stop = self.store.closed
             return len(buf)
+        if h.inner.setid and self.initialized:
+            # The store clears set-ID bits (nodes.without_setid) that the kernel, which leaves
+            # that to us (killpriv.py), would go on showing after a write it flushed from its
+            # cache. (After a truncate it asks again: SETATTR answers with the attributes, and
+            # an O_TRUNC open invalidates them.)
+            n = h.inner.write(off, buf)
+            try:
+                pyfuse3.invalidate_inode(h.node.ino, attr_only=True)
+            except OSError:  # ENOENT: the kernel holds nothing of the inode to correct
+                pass
+            return n
         return h.inner.write(off, buf)
 
     async def flush(self, fh: int) -> None:
@@ -661,6 +675,8 @@ class TailsOperations(pyfuse3.Operations):
     @_guard
     def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if not name.startswith(XATTR_PREFIX):
+            if name == CAPABILITY_XATTR:
+                self.capability_lookups += 1
             raise pyfuse3.FUSEError(errno.ENOTSUP)
         node, tree, path = self._xattr_target(inode)
         if name == TTL_XATTR:
@@ -771,7 +787,8 @@ class TailsOperations(pyfuse3.Operations):
         if cmd == "status":
             response.update(mounted=True, mountpoint=self.mountpoint, pid=os.getpid(),
                             prune_interval=self.prune_interval, open_files=len(self.handles),
-                            follow_client=self._follow_report())
+                            follow_client=self._follow_report(),
+                            fuse={"killpriv_v2": self.killpriv_v2(), "capability_lookups": self.capability_lookups})
         if cmd == "wipe_session" and "error" not in response:
             self._forget_session(request["session"])
         return json.dumps(response, default=str).encode()

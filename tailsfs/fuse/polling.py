@@ -79,7 +79,7 @@ class SoleReaderLock:
         self.held = False
 
 
-class _StandIn:
+class ModuleStandIn:
     """A module's stand-in: the attributes given, everything else from ``module``."""
 
     def __init__(self, module: Any, **own: Any) -> None:
@@ -116,8 +116,8 @@ class RequestPoller:
             yield
             return
         self._trio_wait, self._trio_notify = trio.lowlevel.wait_readable, trio.lowlevel.notify_closing
-        lowlevel = _StandIn(trio.lowlevel, wait_readable=self.wait_readable, notify_closing=self.notify_closing)
-        before, pyfuse3.trio = pyfuse3.trio, _StandIn(trio, lowlevel=lowlevel, Lock=SoleReaderLock)
+        lowlevel = ModuleStandIn(trio.lowlevel, wait_readable=self.wait_readable, notify_closing=self.notify_closing)
+        before, pyfuse3.trio = pyfuse3.trio, ModuleStandIn(trio, lowlevel=lowlevel, Lock=SoleReaderLock)
         try:
             yield
         finally:

@@ -28,7 +28,7 @@ from ..format.memfile import MAX_FILE_SIZE, EncryptedFile, raw_size_from_host
 from ..format.meta import KIND_BYTES, Meta
 from ..format.tag import TAG_XATTR, open_tag, seal_tag
 from .erase import destroy_header
-from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, oserror
+from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, oserror, without_setid
 from .spares import remove_tag
 from .tiers import MemoryTier
 
@@ -52,7 +52,7 @@ class DirInfo:
 class OpenFile:
     """A memory open through one or more handles; shares one EncryptedFile."""
 
-    def __init__(self, tree: "DiskTree", ef: EncryptedFile, ino: int, path: Path_) -> None:
+    def __init__(self, tree: "DiskTree", ef: EncryptedFile, ino: int, path: Path_, mode: int) -> None:
         self.tree = tree
         self.ef = ef
         self.ino = ino
@@ -66,6 +66,17 @@ class OpenFile:
         # The read count changed and nothing else in the header: a release leaves the count to
         # DiskTree.flush_counts instead of rewriting the header (every other write takes it along).
         self.count_dirty = False
+        self.setid = without_setid(mode) != mode  # the next write or truncate clears set-ID bits
+
+    def drop_setid(self) -> None:
+        """Clear the set-ID bits a write or truncate must not leave (nodes.without_setid)."""
+        fd = self.ef.backing.fd  # type: ignore[attr-defined]
+        mode = st.S_IMODE(os.fstat(fd).st_mode)
+        if without_setid(mode) != mode:
+            os.fchmod(fd, without_setid(mode))
+            if self._stat is not None:  # set_times answers from it
+                self._stat = os.fstat(fd)
+        self.setid = False
 
     def keep_times(self, s: os.stat_result) -> None:
         """From now on only :meth:`set_times` changes the memory's times; writes leave them.
@@ -137,6 +148,7 @@ class OpenFile:
 
     def attr(self) -> Attr:
         s = os.fstat(self.ef.backing.fd)  # type: ignore[attr-defined]
+        self.setid = without_setid(s.st_mode) != s.st_mode  # a chmod through the path changes it
         if self.kept_times is not None:
             self._stat = s
         return self._attr_from(s, s.st_ctime_ns)
@@ -171,8 +183,15 @@ class DiskHandle:
         """As read, without a copy; valid until the next read on this thread."""
         return self.of.ef.read_view(offset, size)
 
+    @property
+    def setid(self) -> bool:
+        """True while the next write or truncate will clear set-ID bits (a face's caches then change)."""
+        return self.of.setid
+
     def write(self, offset: int, data: bytes | memoryview) -> int:
         self._reserve(offset + len(data))
+        if self.of.setid:
+            self.of.drop_setid()
         n = self.of.ef.write(offset, data)
         self.of.bytes_written += n
         self.of.times_moved = True
@@ -180,6 +199,8 @@ class DiskHandle:
 
     def truncate(self, size: int) -> None:
         self._reserve(size)
+        if self.of.setid:
+            self.of.drop_setid()
         self.of.ef.truncate(size)
         self.of.times_moved = True
         self.of.bytes_written += 1 if size == 0 and not self.of.bytes_written else 0
@@ -596,7 +617,7 @@ class DiskTree:
         os.unlink(tmp)
         # The first stat comes after the last change: see OpenFile.sync_header for why that matters.
         s = os.fstat(fd)
-        of = OpenFile(self, ef, s.st_ino, path)
+        of = OpenFile(self, ef, s.st_ino, path, s.st_mode)
         self._open[of.ino] = of
         if keep_times:
             of.keep_times(s)
@@ -625,7 +646,7 @@ class DiskTree:
             except BaseException:
                 os.close(fd)
                 raise
-            of = OpenFile(self, ef, s.st_ino, path)
+            of = OpenFile(self, ef, s.st_ino, path, s.st_mode)
             self._take_count(of)
             self._open[of.ino] = of
         else:
@@ -1148,6 +1169,7 @@ def create_aside(tree: "DiskTree", path: Path_, ttl: float | None, kind: int) ->
     now = tree.store.clock.now()
     meta = Meta(created=now, expires_at=now + ttl if ttl is not None else None, kind=kind)
     ef = tree._new_memory(fd, meta)
-    of = OpenFile(tree, ef, os.fstat(fd).st_ino, path)
+    s = os.fstat(fd)
+    of = OpenFile(tree, ef, s.st_ino, path, s.st_mode)
     tree._open[of.ino] = of
     return DiskHandle(of, True), tmp

@@ -44,6 +44,21 @@ def attr_from_stat(s: os.stat_result, size: int | None = None, expires_at: float
                 s.st_blocks, s.st_atime_ns, s.st_mtime_ns, s.st_ctime_ns, expires_at)
 
 
+def without_setid(mode: int) -> int:
+    """``mode`` as a write, truncate or chown leaves it: no set-user-ID bit, and no set-group-ID
+    bit on a group-executable file (without group execute it marks mandatory locking, and stays).
+
+    The kernel's own rule spares a caller with CAP_FSETID on write and truncate; the daemon
+    cannot see who caused a write the kernel flushes from its cache, so it clears for everyone
+    (fuse/killpriv.py says why the daemon, not the kernel, does it on a mount).
+    """
+    if mode & st.S_ISUID:
+        mode &= ~st.S_ISUID
+    if mode & (st.S_ISGID | st.S_IXGRP) == st.S_ISGID | st.S_IXGRP:
+        mode &= ~st.S_ISGID
+    return mode
+
+
 def oserror(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .rambytes import RamBytes
 from ..format.meta import KIND_BYTES, Meta
-from .nodes import SYMLINK_MAX, Attr, Path_, check_name, oserror
+from .nodes import SYMLINK_MAX, Attr, Path_, check_name, oserror, without_setid
 from .tiers import MemoryTier
 
 if TYPE_CHECKING:
@@ -72,6 +72,11 @@ class RamHandle:
 
     tier = MemoryTier.VOLATILE
 
+    @property
+    def setid(self) -> bool:
+        """True while the next write or truncate will clear set-ID bits (DiskHandle.setid)."""
+        return without_setid(self.node.mode) != self.node.mode
+
     def read(self, offset: int, size: int) -> bytes:
         return self.node.data.read(offset, size)
 
@@ -91,6 +96,7 @@ class RamHandle:
             self.tree.store.charge_volatile(-grow)
             raise
         node.meta.size = len(node.data)
+        node.mode = without_setid(node.mode)
         if not self.keep_times:
             node.mtime_ns = node.ctime_ns = time.time_ns()
         self.bytes_written += len(data)
@@ -279,6 +285,7 @@ class RamTree:
         if size < old:
             self.store.charge_volatile(size - old)
         node.meta.size = size
+        node.mode = without_setid(node.mode)
         if stamp:
             node.mtime_ns = node.ctime_ns = time.time_ns()
 
@@ -403,6 +410,8 @@ class RamTree:
             if not isinstance(node, RamFile):
                 raise oserror(errno.EISDIR)
             self.truncate_node(node, size)
+        if (uid is not None or gid is not None) and isinstance(node, RamFile):
+            node.mode = without_setid(node.mode)  # as chown(2) does; an explicit mode below wins
         if mode is not None and not isinstance(node, RamLink):
             node.mode = (node.mode & ~0o7777) | (mode & 0o7777)
         if uid is not None:
