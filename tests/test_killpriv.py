@@ -15,6 +15,7 @@ import socket
 import stat
 import struct
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,34 @@ def test_a_first_request_that_is_not_init_fails_loudly(kernel: FakeKernel) -> No
     with pytest.raises(KillprivError, match="not INIT"):
         _step(amender, kernel.fd)
     assert kernel.is_device(kernel.fd)  # nothing was put in the device's place
+
+
+@pytest.mark.parametrize("failing", ["socketpair", "dup"])
+def test_without_a_socket_to_spare_libfuse_reads_the_device(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch,
+                                                           failing: str) -> None:
+    def fail(*_args: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    if failing == "socketpair":  # trio makes socket pairs of its own: only killpriv's fails
+        monkeypatch.setattr(killpriv, "socket", types.SimpleNamespace(
+            socketpair=fail, AF_UNIX=socket.AF_UNIX, SOCK_SEQPACKET=socket.SOCK_SEQPACKET))
+    else:
+        monkeypatch.setattr(killpriv.os, "dup", fail)
+    seen: list[int] = []
+
+    async def inner(fd: int) -> None:
+        seen.append(fd)
+
+    amender = InitAmender(is_device=kernel.is_device)
+    amender._inner_wait = inner
+    kernel.kernel.send(init_request())
+    open_before = len(os.listdir("/proc/self/fd"))
+    _step(amender, kernel.fd)
+    assert len(os.listdir("/proc/self/fd")) == open_before  # no socket left open
+    monkeypatch.undo()
+    assert seen == [kernel.fd] and kernel.is_device(kernel.fd)
+    assert os.read(kernel.fd, 1 << 16) == init_request()  # the INIT is still there for libfuse
+    assert not amender.enabled
 
 
 def test_other_descriptors_are_left_to_trio(kernel: FakeKernel) -> None:
@@ -334,3 +363,13 @@ def test_a_setuid_file_written_by_another_user(mount) -> None:
         os.close(fd)
     assert _mode(f) == 0o777
     assert f.read_bytes() == b"contentx\n"
+
+
+def test_the_mount_is_nosuid(shared_mount) -> None:
+    """The README says set-ID bits grant nothing through the mount: the kernel ignores them."""
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == str(shared_mount.mp):
+            assert "nosuid" in fields[3].split(",")
+            return
+    pytest.fail(f"{shared_mount.mp} not in /proc/self/mounts")

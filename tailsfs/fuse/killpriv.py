@@ -115,11 +115,14 @@ class InitAmender:
         """Read the kernel's INIT and put it, in a socket, where libfuse reads the device."""
         try:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            return self._unamended(exc)
+        try:
             device = os.dup(fd)
         except OSError as exc:
-            log.info("INIT passed on unamended (%s)", exc.strerror)
-            self._done = True
-            return False
+            ours.close()
+            theirs.close()
+            return self._unamended(exc)
         try:
             request = os.read(device, READ_SIZE)
             _length, opcode, self._unique, *_rest = IN_HEADER.unpack_from(request)
@@ -136,6 +139,12 @@ class InitAmender:
             theirs.close()
         self._device, self._ours = device, ours
         return True
+
+    def _unamended(self, exc: OSError) -> bool:
+        """No socket or descriptor to spare: libfuse reads the INIT from the device itself."""
+        log.info("INIT passed on unamended (%s)", exc.strerror)
+        self._done = True
+        return False
 
     def _pass_reply_on(self, fd: int) -> None:
         """Send libfuse's INIT reply, amended, to the kernel and give the device its descriptor back.
