@@ -9,7 +9,7 @@ most of its time in those waits (docs/PERFORMANCE.md, twenty-ninth round).
 When the daemon announces FUSE_HANDLE_KILLPRIV_V2 in its INIT reply, the
 kernel sets SB_NOSEC on the mount: it asks once per inode, remembers the
 answer (S_NOSEC), and leaves clearing set-user-ID and set-group-ID bits on
-write, truncate and chown to the daemon (``TailsOperations`` does it).
+write, truncate and chown to the daemon (the store does it: ``nodes.without_setid``).
 
 libfuse 3.14, Debian 12's, does not know the flag, so pyfuse3 cannot ask for
 it. This module amends the INIT reply on its way to the kernel, once, before

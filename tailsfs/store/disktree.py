@@ -28,7 +28,7 @@ from ..format.memfile import MAX_FILE_SIZE, EncryptedFile, raw_size_from_host
 from ..format.meta import KIND_BYTES, Meta
 from ..format.tag import TAG_XATTR, open_tag, seal_tag
 from .erase import destroy_header
-from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, oserror, without_setid
+from .nodes import SYMLINK_MAX, Attr, Path_, attr_from_stat, check_name, clears_setid, oserror, without_setid
 from .spares import remove_tag
 from .tiers import MemoryTier
 
@@ -66,13 +66,13 @@ class OpenFile:
         # The read count changed and nothing else in the header: a release leaves the count to
         # DiskTree.flush_counts instead of rewriting the header (every other write takes it along).
         self.count_dirty = False
-        self.setid = without_setid(mode) != mode  # the next write or truncate clears set-ID bits
+        self.setid = clears_setid(mode)  # the next write or truncate clears set-ID bits
 
     def drop_setid(self) -> None:
         """Clear the set-ID bits a write or truncate must not leave (nodes.without_setid)."""
         fd = self.ef.backing.fd  # type: ignore[attr-defined]
         mode = st.S_IMODE(os.fstat(fd).st_mode)
-        if without_setid(mode) != mode:
+        if clears_setid(mode):
             os.fchmod(fd, without_setid(mode))
             if self._stat is not None:  # set_times answers from it
                 self._stat = os.fstat(fd)
@@ -148,7 +148,7 @@ class OpenFile:
 
     def attr(self) -> Attr:
         s = os.fstat(self.ef.backing.fd)  # type: ignore[attr-defined]
-        self.setid = without_setid(s.st_mode) != s.st_mode  # a chmod through the path changes it
+        self.setid = clears_setid(s.st_mode)  # a chmod through the path changes it
         if self.kept_times is not None:
             self._stat = s
         return self._attr_from(s, s.st_ctime_ns)

@@ -59,6 +59,11 @@ def without_setid(mode: int) -> int:
     return mode
 
 
+def clears_setid(mode: int) -> bool:
+    """True when a write, truncate or chown would change ``mode`` (:func:`without_setid`)."""
+    return without_setid(mode) != mode
+
+
 def oserror(code: int, what: str = "") -> OSError:
     return OSError(code, os.strerror(code) + (f": {what}" if what else ""))
 

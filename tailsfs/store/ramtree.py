@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from .rambytes import RamBytes
 from ..format.meta import KIND_BYTES, Meta
-from .nodes import SYMLINK_MAX, Attr, Path_, check_name, oserror, without_setid
+from .nodes import SYMLINK_MAX, Attr, Path_, check_name, clears_setid, oserror, without_setid
 from .tiers import MemoryTier
 
 if TYPE_CHECKING:
@@ -75,7 +75,7 @@ class RamHandle:
     @property
     def setid(self) -> bool:
         """True while the next write or truncate will clear set-ID bits (DiskHandle.setid)."""
-        return without_setid(self.node.mode) != self.node.mode
+        return clears_setid(self.node.mode)
 
     def read(self, offset: int, size: int) -> bytes:
         return self.node.data.read(offset, size)
